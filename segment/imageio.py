@@ -1,0 +1,171 @@
+"""Reading, validating and writing images, with one clear error per bad file.
+
+Every reader returns plain numpy arrays and raises `DataError` (a `ValueError`) whose message
+names the file and the reason, so scripts can print it as one line and move on or exit.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "DataError",
+    "is_image_file",
+    "read_image",
+    "read_mask",
+    "write_png",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class DataError(ValueError):
+    """A user-supplied file or folder that cannot be used; the message names it."""
+
+
+def is_image_file(path):
+    """Whether `path` has one of the supported image extensions (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _decode(path):
+    """Decode any supported file to a numpy array with its native depth and channels."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not an image")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes)")
+    # np.fromfile + imdecode instead of imread: works for non-ASCII paths and never prints
+    # OpenCV's own warnings for undecodable files.
+    try:
+        raw = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
+    array = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    if array is None or array.size == 0:
+        raise DataError(f"{path}: not a readable image (corrupt or unsupported format)")
+    return array
+
+
+def _to_unit_float(array, path):
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
+    if np.issubdtype(array.dtype, np.floating):
+        # 32-bit float TIFFs: taken as already in [0, 1], clipped.
+        return np.clip(array.astype(np.float32), 0.0, 1.0)
+    raise DataError(f"{path}: unsupported pixel type {array.dtype}")
+
+
+def read_image(path):
+    """Read any common image as float32 RGB in [0, 1].
+
+    Gray, gray+alpha, RGB and RGBA; 8-bit, 16-bit or float; PNG, JPEG, BMP, TIFF.
+    Alpha is dropped (composited onto nothing: the colour channels are kept as stored).
+
+    Args:
+        path: the image file.
+
+    Returns:
+        float32 array of shape `(height, width, 3)`, RGB order, values in [0, 1].
+
+    Raises:
+        DataError: the file is missing, empty, corrupt or not an image.
+    """
+    array = _decode(path)
+    if array.ndim == 2:
+        array = cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
+    elif array.ndim == 3 and array.shape[2] == 1:
+        array = cv2.cvtColor(array[..., 0], cv2.COLOR_GRAY2RGB)
+    elif array.ndim == 3 and array.shape[2] == 2:  # gray + alpha
+        array = cv2.cvtColor(array[..., 0], cv2.COLOR_GRAY2RGB)
+    elif array.ndim == 3 and array.shape[2] == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+    elif array.ndim == 3 and array.shape[2] == 4:
+        array = cv2.cvtColor(array, cv2.COLOR_BGRA2RGB)
+    else:
+        raise DataError(f"{path}: unsupported image layout with shape {array.shape}")
+    return _to_unit_float(array, path)
+
+
+def read_mask(path, *, threshold=None):
+    """Read a binary mask as a boolean array.
+
+    Accepted without `threshold`: masks whose values are all in {0, 1} or all in {0, 255}
+    (or {0, 65535} for 16-bit). Colour masks are reduced to their first channel only if all
+    channels agree.
+
+    Args:
+        path: the mask file.
+        threshold: if given, a value in [0, 1]; pixels above `threshold * max_value` are
+            foreground, which accepts any multi-valued mask. Defaults to None (strict).
+
+    Returns:
+        bool array of shape `(height, width)`.
+
+    Raises:
+        DataError: unreadable file, or a multi-valued mask without `threshold`.
+    """
+    array = _decode(path)
+    if array.ndim == 3:
+        if array.shape[2] in (2, 4):  # drop alpha
+            array = array[..., : array.shape[2] - 1]
+        if not np.all(array == array[..., :1]):
+            raise DataError(f"{path}: mask has differing colour channels; save it as grayscale")
+        array = array[..., 0]
+    if not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"{path}: mask must be an integer image, got {array.dtype}")
+    max_value = np.iinfo(array.dtype).max
+    if threshold is not None:
+        return array > threshold * max_value
+    values = np.unique(array)
+    if set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, max_value}:
+        return array > 0
+    shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+    raise DataError(
+        f"{path}: mask is not binary (values {shown}); expected 0/1 or 0/{max_value}, "
+        "or pass a threshold"
+    )
+
+
+def write_png(path, array):
+    """Write `array` as a PNG atomically: a temporary file in the same folder, then rename.
+
+    Args:
+        path: destination `.png` path; its folder must exist.
+        array: uint8/uint16 `(H, W)`, `(H, W, 3)` RGB or `(H, W, 4)` RGBA; bool is written
+            as 0/255; floats are taken as [0, 1] and written as 8-bit.
+    """
+    path = Path(path)
+    array = np.asarray(array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    elif np.issubdtype(array.dtype, np.floating):
+        array = np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim == 3 and array.shape[2] == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    elif array.ndim == 3 and array.shape[2] == 4:
+        array = cv2.cvtColor(array, cv2.COLOR_RGBA2BGRA)
+    elif array.ndim != 2:
+        raise ValueError(f"Expected a (H, W), (H, W, 3) or (H, W, 4) array, got {array.shape}")
+    ok, encoded = cv2.imencode(".png", array)
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(encoded.tobytes())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
