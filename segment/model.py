@@ -1,0 +1,157 @@
+"""The segmenter: a small residual U-Net, and a `keras.Model` subclass with its own steps."""
+
+import keras
+import tensorflow as tf
+
+from segment.layers import InstanceNormalize, LayerScale, subtract_mean
+
+__all__ = ["SegmentationModel", "build_model"]
+
+
+def _unscale_for_distribution(loss):
+    # Keras divides each replica's loss by the number of replicas so that summed gradients
+    # are right; the logged loss must be the per-replica mean again.
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss * replicas if replicas > 1 else loss
+
+
+@keras.saving.register_keras_serializable(package="segment")
+class SegmentationModel(keras.Model):
+    """A `keras.Model` with its own `train_step` and `test_step`, in the Keras 3 style.
+
+    The steps do what `fit`/`evaluate` do for a stock model, written out so they can be read
+    and changed: forward pass under `tf.GradientTape`, `compute_loss` (which applies the
+    compiled loss, `sample_weight` and regularisation losses), `optimizer.scale_loss` before
+    the gradients (mixed-precision loss scaling), `optimizer.apply`, then the metric
+    trackers. The loss is logged like stock Keras logs it: a batch-size-weighted mean over
+    the epoch, per replica.
+
+    Build one with `build_model()`; compile it with any loss and optimizer.
+    """
+
+    def _track_loss(self, x, loss):
+        batch_size = tf.shape(tf.nest.flatten(x)[0])[0]
+        for metric in self.metrics:
+            if metric.name == "loss":
+                metric.update_state(_unscale_for_distribution(loss), sample_weight=batch_size)
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+            )
+            scaled_loss = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, self.trainable_variables)
+        self.optimizer.apply(gradients, self.trainable_variables)
+        self._track_loss(x, loss)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred = self(x, training=False)
+        loss = self.compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False
+        )
+        self._track_loss(x, loss)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+
+def _conv(filters, kernel_size, name):
+    # No bias: every convolution here is followed by a normalisation that removes it.
+    return keras.layers.Conv2D(
+        filters, kernel_size, padding="same", use_bias=False, kernel_initializer="he_normal",
+        name=name,
+    )
+
+
+def _residual_block(x, filters, name, layer_scale_init):
+    """conv-norm-relu-conv-norm, scaled by LayerScale, added to the (projected) input."""
+    shortcut = x
+    if x.shape[-1] != filters:
+        shortcut = InstanceNormalize(name=f"{name}_proj_norm")(_conv(filters, 1, f"{name}_proj")(x))
+    y = _conv(filters, 3, f"{name}_conv1")(x)
+    y = InstanceNormalize(name=f"{name}_norm1")(y)
+    y = keras.layers.ReLU(name=f"{name}_relu1")(y)
+    y = _conv(filters, 3, f"{name}_conv2")(y)
+    y = InstanceNormalize(name=f"{name}_norm2")(y)
+    y = LayerScale(layer_scale_init, name=f"{name}_scale")(y)
+    y = keras.layers.Add(name=f"{name}_add")([shortcut, y])
+    return keras.layers.ReLU(name=f"{name}_out")(y)
+
+
+def build_model(
+    input_shape=(None, None, 3),
+    *,
+    base_filters=16,
+    depth=3,
+    blocks_per_level=1,
+    layer_scale_init=0.1,
+    name="segmenter",
+):
+    """Build the segmenter: a fully convolutional residual U-Net.
+
+    ```
+    image -> Lambda(subtract_mean) -> 3x3 stem
+          -> [residual block -> 2x2 max-pool] x depth  (filters double each level)
+          -> residual block (bottleneck)
+          -> [2x nearest upsample -> concat skip -> 1x1 conv -> residual block] x depth
+          -> 1x1 conv -> sigmoid (float32, also under mixed precision)
+    ```
+
+    Each residual block is conv3x3-InstanceNormalize-ReLU-conv3x3-InstanceNormalize,
+    scaled by a LayerScale and added to its input. Instance normalisation (not batch norm)
+    makes each image's features independent of the others in its batch, so predictions do
+    not depend on the batch size or on tiling.
+
+    Args:
+        input_shape: `(height, width, 3)`; `None` dimensions accept any size that is a
+            multiple of `2 ** depth`. Defaults to `(None, None, 3)`.
+        base_filters: filters at full resolution. Defaults to `16`.
+        depth: number of 2x down-samplings; inputs must be multiples of `2 ** depth`
+            (8 by default). Defaults to `3`.
+        blocks_per_level: residual blocks at each level. Defaults to `1`.
+        layer_scale_init: initial LayerScale factor of every residual branch. Defaults to `0.1`.
+        name: model name. Defaults to `"segmenter"`.
+
+    Returns:
+        An uncompiled `SegmentationModel` mapping `(batch, H, W, 3)` images in [0, 1] to
+        `(batch, H, W, 1)` foreground probabilities.
+    """
+    multiple = 2**depth
+    for size in input_shape[:2]:
+        if size is not None and size % multiple:
+            raise ValueError(
+                f"Input height and width must be multiples of {multiple} (2 ** depth) for "
+                f"depth={depth}, got input_shape={input_shape}"
+            )
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = keras.layers.Lambda(subtract_mean, name="subtract_mean")(inputs)
+    x = _conv(base_filters, 3, "stem_conv")(x)
+    x = InstanceNormalize(name="stem_norm")(x)
+    x = keras.layers.ReLU(name="stem_relu")(x)
+
+    skips = []
+    for level in range(depth):
+        filters = base_filters * 2**level
+        for block in range(blocks_per_level):
+            x = _residual_block(x, filters, f"down{level}_block{block}", layer_scale_init)
+        skips.append(x)
+        x = keras.layers.MaxPooling2D(2, name=f"down{level}_pool")(x)
+
+    for block in range(blocks_per_level):
+        x = _residual_block(x, base_filters * 2**depth, f"bottleneck_block{block}", layer_scale_init)
+
+    for level in reversed(range(depth)):
+        filters = base_filters * 2**level
+        x = keras.layers.UpSampling2D(2, name=f"up{level}_upsample")(x)
+        x = keras.layers.Concatenate(name=f"up{level}_concat")([x, skips[level]])
+        x = _conv(filters, 1, f"up{level}_merge")(x)
+        for block in range(blocks_per_level):
+            x = _residual_block(x, filters, f"up{level}_block{block}", layer_scale_init)
+
+    outputs = keras.layers.Conv2D(
+        1, 1, activation="sigmoid", dtype="float32", name="probability"
+    )(x)
+    return SegmentationModel(inputs=inputs, outputs=outputs, name=name)
