@@ -3,12 +3,13 @@
 - `subtract_mean`: the article's Lambda example, per-image input centring.
 - `InstanceNormalize`: per-sample, per-channel normalisation over the spatial axes.
 - `LayerScale`: the article's "multiply by a learnable positive diagonal matrix" layer.
+- `ContextGRUCell`, `SweepContext`: a custom recurrent cell, swept along rows and columns.
 """
 
 import keras
 from keras import ops
 
-__all__ = ["InstanceNormalize", "LayerScale", "subtract_mean"]
+__all__ = ["ContextGRUCell", "InstanceNormalize", "LayerScale", "SweepContext", "subtract_mean"]
 
 
 @keras.saving.register_keras_serializable(package="segment")
@@ -184,3 +185,215 @@ class LayerScale(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "init_value": self.init_value}
+
+
+@keras.saving.register_keras_serializable(package="segment")
+class ContextGRUCell(keras.layers.Layer):
+    """A gated recurrent unit cell, written out: one time step of a GRU.
+
+    The article's custom recurrent layer copies and edits Keras' LSTM; in Keras 3 a recurrent
+    layer is a cell (one step: `(inputs, states) -> (output, new_states)`, plus `state_size`)
+    wrapped by `keras.layers.RNN`, which runs the loop over time. This cell computes exactly
+    what `keras.layers.GRUCell(units, reset_after=True)` (the Keras 3 default) computes, with
+    the same weight layout, so `set_weights` copies weights between the two:
+
+    ```
+    x_z, x_r, x_h = split(x_t @ kernel + bias[0], 3)                 # input projection
+    h_z, h_r, h_h = split(h_{t-1} @ recurrent_kernel + bias[1], 3)    # recurrent projection
+    z_t = recurrent_activation(x_z + h_z)           # update gate
+    r_t = recurrent_activation(x_r + h_r)           # reset gate
+    c_t = activation(x_h + r_t * h_h)               # candidate ("reset after" the matmul)
+    h_t = z_t * h_{t-1} + (1 - z_t) * c_t           # output and new state
+    ```
+
+    Each step is two matrix products (all three gates at once, for the input and for the
+    state); applying the reset gate after the recurrent product is what lets the state be
+    projected in one go.
+
+    Reference: Cho et al., "Learning Phrase Representations using RNN Encoder-Decoder for
+    Statistical Machine Translation", 2014, https://arxiv.org/abs/1406.1078
+
+    Args:
+        units: size of the state and of the output.
+        activation: activation of the candidate state. Defaults to `"tanh"`.
+        recurrent_activation: activation of the update and reset gates.
+            Defaults to `"sigmoid"`.
+        kernel_initializer: initializer for `kernel`. Defaults to `"glorot_uniform"`.
+        recurrent_initializer: initializer for `recurrent_kernel`. Defaults to `"orthogonal"`.
+        bias_initializer: initializer for `bias`. Defaults to `"zeros"`.
+        **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
+
+    Weights:
+        `kernel` `(input_dim, 3 * units)`, `recurrent_kernel` `(units, 3 * units)` and
+        `bias` `(2, 3 * units)` (input bias, recurrent bias); columns in gate order z, r, h.
+
+    Call arguments:
+        inputs: `(batch, input_dim)`, the sequence at one time step.
+        states: `[h_{t-1}]`, a list holding one `(batch, units)` tensor.
+        training: unused (the cell has no dropout); accepted so `RNN` can pass it.
+
+    Returns:
+        `(h_t, [h_t])`, with `h_t` of shape `(batch, units)`.
+
+    Example:
+        `keras.layers.RNN(ContextGRUCell(32), return_sequences=True)` maps
+        `(batch, time, features)` to `(batch, time, 32)`.
+    """
+
+    def __init__(
+        self,
+        units,
+        activation="tanh",
+        recurrent_activation="sigmoid",
+        kernel_initializer="glorot_uniform",
+        recurrent_initializer="orthogonal",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        if units <= 0:
+            raise ValueError(f"units must be a positive integer, got units={units}")
+        super().__init__(**kwargs)
+        self.units = units
+        self.activation = keras.activations.get(activation)
+        self.recurrent_activation = keras.activations.get(recurrent_activation)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.recurrent_initializer = keras.initializers.get(recurrent_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        # What keras.layers.RNN reads to create the initial state and size its outputs.
+        self.state_size = units
+        self.output_size = units
+
+    def build(self, input_shape):
+        input_dim = input_shape[-1]
+        if input_dim is None:
+            raise ValueError(f"The feature axis must be known, got input shape {input_shape}")
+        self.kernel = self.add_weight(
+            shape=(input_dim, 3 * self.units), name="kernel", initializer=self.kernel_initializer
+        )
+        self.recurrent_kernel = self.add_weight(
+            shape=(self.units, 3 * self.units),
+            name="recurrent_kernel",
+            initializer=self.recurrent_initializer,
+        )
+        # Row 0 is added to the input projection, row 1 to the recurrent projection: with the
+        # reset gate applied after the product, the candidate needs its own recurrent bias.
+        self.bias = self.add_weight(
+            shape=(2, 3 * self.units), name="bias", initializer=self.bias_initializer
+        )
+
+    def call(self, inputs, states, training=False):
+        previous = states[0]
+        input_bias, recurrent_bias = self.bias[0], self.bias[1]
+        x_z, x_r, x_h = ops.split(ops.matmul(inputs, self.kernel) + input_bias, 3, axis=-1)
+        h_z, h_r, h_h = ops.split(
+            ops.matmul(previous, self.recurrent_kernel) + recurrent_bias, 3, axis=-1
+        )
+        update = self.recurrent_activation(x_z + h_z)
+        reset = self.recurrent_activation(x_r + h_r)
+        candidate = self.activation(x_h + reset * h_h)
+        state = update * previous + (1.0 - update) * candidate
+        return state, [state]
+
+    def get_config(self):
+        config = {
+            "units": self.units,
+            "activation": keras.activations.serialize(self.activation),
+            "recurrent_activation": keras.activations.serialize(self.recurrent_activation),
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "recurrent_initializer": keras.initializers.serialize(self.recurrent_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+        }
+        return {**super().get_config(), **config}
+
+
+@keras.saving.register_keras_serializable(package="segment")
+class SweepContext(keras.layers.Layer):
+    """Whole-image context from recurrent sweeps along every row, then every column.
+
+    A ReNet block (Visin et al. 2015; used in ReSeg): a bidirectional GRU (`ContextGRUCell`)
+    reads each row left-to-right and right-to-left, a second one reads each column of the
+    result top-to-bottom and bottom-to-top, and a learned 1x1 projection maps the
+    `2 * units` column features back to the input's channels:
+
+    ```
+    rows[b, i, :]    = BiGRU_row(x[b, i, :, :])          # (width, 2 * units) per row
+    cols[b, :, j]    = BiGRU_col(rows[b, :, j, :])       # (height, 2 * units) per column
+    y[b, i, j]       = cols[b, i, j] @ projection + projection_bias
+    ```
+
+    After the row sweep each pixel has seen its whole row; the column sweep then mixes those
+    row summaries down each column, so every output pixel depends on every input pixel. A
+    stack of 3x3 convolutions sees only a `(2 * depth + 1)`-wide window. The rows (and then
+    the columns) of all images are folded into the batch, so the recurrence runs
+    `height + width` steps per direction with no Python loop over positions; place the block
+    where the map is small (the U-Net bottleneck), typically as a residual branch:
+    `x + LayerScale()(SweepContext(units)(x))`.
+
+    Reference: Visin et al., "ReNet: A Recurrent Neural Network Based Alternative to
+    Convolutional Networks", 2015, https://arxiv.org/abs/1505.00393; Visin et al., "ReSeg:
+    A Recurrent Neural Network-based Model for Semantic Segmentation", 2016,
+    https://arxiv.org/abs/1511.07053
+
+    Args:
+        units: state size of each of the four GRU directions. Defaults to `32`.
+        **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
+
+    Input shape:
+        `(batch, height, width, channels)`; `height` and `width` may be `None` and any size
+        from 1 up.
+
+    Output shape:
+        `(batch, height, width, channels)`: C_out equals the input's channels, so the block
+        can be added back to its input.
+    """
+
+    def __init__(self, units=32, **kwargs):
+        if units <= 0:
+            raise ValueError(f"units must be a positive integer, got units={units}")
+        super().__init__(**kwargs)
+        self.units = units
+
+    def _bidirectional_sweep(self, axis_name):
+        cell = ContextGRUCell(self.units, dtype=self.dtype_policy, name=f"{axis_name}_gru_cell")
+        recurrent = keras.layers.RNN(
+            cell, return_sequences=True, dtype=self.dtype_policy, name=f"{axis_name}_gru"
+        )
+        # The backward direction is a copy of `recurrent` with its own weights.
+        return keras.layers.Bidirectional(
+            recurrent, merge_mode="concat", dtype=self.dtype_policy, name=f"{axis_name}_sweep"
+        )
+
+    def build(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(
+                f"SweepContext expects a 4D input (batch, height, width, channels), "
+                f"got shape {input_shape}"
+            )
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError(f"The channel axis must be known, got shape {input_shape}")
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
+        self.row_sweep = self._bidirectional_sweep("row")
+        # Sequence lengths stay unknown: one built layer serves every image size.
+        self.row_sweep.build((None, None, channels))
+        self.column_sweep = self._bidirectional_sweep("column")
+        self.column_sweep.build((None, None, 2 * self.units))
+        self.projection = keras.layers.Dense(channels, dtype=self.dtype_policy, name="projection")
+        self.projection.build((None, 2 * self.units))
+
+    def call(self, inputs):
+        # Sizes as tensors where they are unknown while the graph is built.
+        batch, height, width, channels = ops.shape(inputs)
+        rows = ops.reshape(inputs, (batch * height, width, channels))
+        rows = ops.reshape(self.row_sweep(rows), (batch, height, width, 2 * self.units))
+        columns = ops.reshape(
+            ops.transpose(rows, (0, 2, 1, 3)), (batch * width, height, 2 * self.units)
+        )
+        columns = ops.reshape(self.column_sweep(columns), (batch, width, height, 2 * self.units))
+        return self.projection(ops.transpose(columns, (0, 2, 1, 3)))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
