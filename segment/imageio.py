@@ -23,6 +23,15 @@ __all__ = [
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
+def _read_umask():
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()  # read once: os.umask can only be read by setting it
+
+
 class DataError(ValueError):
     """A user-supplied file or folder that cannot be used; the message names it."""
 
@@ -54,10 +63,11 @@ def _decode(path):
 
 
 def _to_unit_float(array, path):
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
-    if array.dtype == np.uint16:
-        return array.astype(np.float32) / 65535.0
+    # Scaled in place: a large image is held once as float32, not twice.
+    if array.dtype in (np.uint8, np.uint16):
+        scaled = array.astype(np.float32)
+        scaled *= 1.0 / np.iinfo(array.dtype).max
+        return scaled
     if np.issubdtype(array.dtype, np.floating):
         # 32-bit float TIFFs: taken as already in [0, 1], clipped.
         return np.clip(array.astype(np.float32), 0.0, 1.0)
@@ -163,7 +173,9 @@ def write_png(path, array):
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
     try:
         with os.fdopen(descriptor, "wb") as handle:
-            handle.write(encoded.tobytes())
+            handle.write(encoded)
+        # mkstemp creates the file private (0600); give it the permissions of a normal file.
+        os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

@@ -1,0 +1,179 @@
+"""Segment your own images with a trained model: masks, probabilities, overlays, cut-outs."""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
+
+from segment.inference import (  # noqa: E402
+    OUTPUT_KINDS,
+    collect_inputs,
+    find_latest_model,
+    load_segmenter,
+    segment_files,
+    tile_window,
+)
+
+EPILOG = """\
+examples:
+  python scripts/predict.py photos/ --out masks/ --save overlay,cutout
+  python scripts/predict.py "scans/**/*.tif" --recursive --model runs/unet/model.keras --out out/
+
+tiling or --resize?
+  By default each image is seen at its own scale: an image larger than --tile is cut into
+  overlapping tiles that are blended without seams, so any size works in bounded memory.
+  This suits models trained on crops, whose objects look the size they look in your images.
+  Use --resize S when the model was trained on whole images of one size S and your images
+  show the same scene at another size: the whole image is resized to SxS, segmented in one
+  pass, and the result resized back to the image's size.
+"""
+
+
+def _output_kinds(text):
+    kinds = [kind.strip() for kind in text.split(",") if kind.strip()]
+    unknown = [kind for kind in kinds if kind not in OUTPUT_KINDS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown output kind(s) {', '.join(unknown)}; choose from {', '.join(OUTPUT_KINDS)}"
+        )
+    return kinds
+
+
+def _probability(text):
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a value in [0, 1], got {text}")
+    return value
+
+
+def _non_negative(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+class _HelpFormatter(
+    argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter
+):
+    """Shows defaults, keeps the epilog's line breaks, and leaves out empty defaults (flags)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool) or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description=__doc__, epilog=EPILOG, formatter_class=_HelpFormatter
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files, folders or glob patterns (PNG, JPEG, BMP, TIFF)")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR",
+                        help="folder for the outputs")
+    parser.add_argument("--model", type=Path, default=None, metavar="PATH",
+                        help="model file; defaults to the newest RUNS_DIR/*/model.keras")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"),
+                        help="where to look for a model when --model is not given")
+    parser.add_argument("--recursive", action="store_true",
+                        help="descend into sub-folders of input folders; ** in patterns")
+    parser.add_argument("--save", type=_output_kinds, default=[], metavar="KINDS",
+                        help="extra outputs, comma-separated: prob, overlay, cutout "
+                             "(the mask is always written)")
+    parser.add_argument("--threshold", type=_probability, default=0.5,
+                        help="probability above which a pixel is foreground")
+    parser.add_argument("--tile", type=_positive, default=512,
+                        help="largest side fed to the network at once; larger images are tiled")
+    parser.add_argument("--overlap", type=_non_negative, default=64,
+                        help="pixels shared by neighbouring tiles, blended across")
+    parser.add_argument("--resize", type=_positive, default=None, metavar="S",
+                        help="resize each whole image to SxS instead of tiling")
+    parser.add_argument("--tta", action="store_true",
+                        help="average predictions over flips (4x slower, smoother masks)")
+    parser.add_argument("--batch-size", type=_positive, default=4,
+                        help="tiles per network call")
+    parser.add_argument("--min-area", type=_non_negative, default=0,
+                        help="remove foreground regions smaller than this many pixels (0: off)")
+    parser.add_argument("--fill-holes", type=_non_negative, default=0,
+                        help="fill holes smaller than this many pixels (0: off)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace outputs that already exist in --out")
+    parser.add_argument("--allow-input-dir", action="store_true",
+                        help="allow --out to be a folder that holds input images")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+
+    paths, unmatched = collect_inputs(args.inputs, recursive=args.recursive)
+    for argument in unmatched:
+        print(f"warning: {argument}: no images found", file=sys.stderr)
+    if not paths:
+        print("error: no input images found", file=sys.stderr)
+        return 2
+
+    out_dir = args.out.resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        print(f"error: --out {args.out} is a file, not a folder", file=sys.stderr)
+        return 2
+    # Outputs among the inputs would be segmented again on the next run; with --recursive that
+    # holds for any folder below an input folder too.
+    input_folders = {path.resolve().parent for path in paths}
+    if args.recursive:
+        trees = [Path(arg).resolve() for arg in args.inputs if Path(arg).is_dir()]
+        input_folders.update(out_dir for tree in trees if out_dir.is_relative_to(tree))
+    if out_dir in input_folders and not args.allow_input_dir:
+        print(f"error: --out {args.out} holds input images; choose another folder "
+              "or pass --allow-input-dir", file=sys.stderr)
+        return 2
+
+    model_path = args.model or find_latest_model(args.runs_dir)
+    if model_path is None:
+        print("error: no model found; train one with python scripts/train.py", file=sys.stderr)
+        return 2
+    try:
+        model = load_segmenter(model_path)
+        if args.resize is None:
+            tile_window(model, tile=args.tile, overlap=args.overlap)
+    except ValueError as error:  # a bad model file (DataError) or a tile the model cannot use
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"model: {model_path}")
+
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        print(f"error: cannot create --out {args.out}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    done, failed = segment_files(
+        paths,
+        model,
+        args.out,
+        save=["mask", *(kind for kind in args.save if kind != "mask")],
+        overwrite=args.overwrite,
+        threshold=args.threshold,
+        min_area=args.min_area,
+        fill_holes=args.fill_holes,
+        tile=args.tile,
+        overlap=args.overlap,
+        resize=args.resize,
+        tta=args.tta,
+        batch_size=args.batch_size,
+    )
+    print(f"done: {len(done)}, failed: {len(failed)}, outputs in {args.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+import os
+import tracemalloc
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+
+from segment.imageio import DataError
+from segment.inference import (
+    _summed_weight,
+    _tile_layout,
+    clean_mask,
+    collect_inputs,
+    find_latest_model,
+    load_segmenter,
+    predict_mask,
+    predict_probability,
+    render_outputs,
+    size_multiple,
+)
+
+# Receptive-field radius of `tiny_model` in input pixels: 3x3 conv (1), then at half resolution
+# a 3x3 conv (2) and, after upsampling, a 3x3 conv (1), plus up to 1 pixel of pooling-grid offset.
+TINY_RADIUS = 5
+
+
+def tiny_model(seed=0):
+    """Conv -> pool -> conv -> upsample -> conv, sigmoid output; needs sizes multiple of 2.
+
+    Weights are larger than Keras' defaults so the output varies over the image and a
+    blending error would show.
+    """
+    init = keras.initializers.RandomNormal(stddev=0.6, seed=seed)
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", kernel_initializer=init)(
+        inputs
+    )
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Conv2D(4, 3, padding="same", kernel_initializer=init)(x)
+    x = keras.layers.UpSampling2D(2)(x)
+    outputs = keras.layers.Conv2D(
+        1, 3, padding="same", activation="sigmoid", kernel_initializer=init
+    )(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+def random_image(height, width, seed=0):
+    # Smooth blobs rather than pixel noise, so the image has regions like a photo.
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((height // 8 + 2, width // 8 + 2, 3)).astype(np.float32)
+    image = np.kron(coarse, np.ones((8, 8, 1), dtype=np.float32))[:height, :width]
+    return np.clip(image + 0.1 * rng.standard_normal(image.shape, dtype=np.float32), 0, 1)
+
+
+# ------------------------------------------------------------------ size multiple
+
+
+def _stack(*layers):
+    inputs = keras.Input((None, None, 3))
+    x = inputs
+    for layer in layers:
+        x = layer(x)
+    return keras.Model(inputs, x)
+
+
+@pytest.mark.parametrize(
+    "layers, expected",
+    [
+        ([keras.layers.Conv2D(2, 3, padding="same")], 1),
+        ([keras.layers.MaxPooling2D(2), keras.layers.AveragePooling2D(2)], 4),
+        ([keras.layers.Conv2D(2, 3, strides=2, padding="same"), keras.layers.MaxPooling2D(3)], 6),
+        # Upsampling after downsampling adds no constraint.
+        ([keras.layers.MaxPooling2D(2), keras.layers.Conv2DTranspose(2, 3, strides=2)], 2),
+    ],
+)
+def test_size_multiple_from_layers(layers, expected):
+    assert size_multiple(_stack(*layers)) == expected
+
+
+def test_size_multiple_sees_nested_models_and_honours_a_declared_value():
+    inner = _stack(keras.layers.MaxPooling2D(2), keras.layers.MaxPooling2D(2))
+    outer = _stack(inner, keras.layers.MaxPooling2D(2))
+    assert size_multiple(outer) == 8
+    outer.size_multiple = 32
+    assert size_multiple(outer) == 32
+
+
+# ------------------------------------------------------------------ prediction
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (33, 47), (300, 260)])
+def test_any_size_gives_a_mask_of_the_same_size(model, shape):
+    image = random_image(*shape)
+    probability = predict_probability(model, image, tile=128, overlap=32)
+    assert probability.shape == shape and probability.dtype == np.float32
+    assert 0.0 <= probability.min() and probability.max() <= 1.0
+    mask = predict_mask(model, image, tile=128, overlap=32)
+    assert mask.shape == shape and mask.dtype == bool
+
+
+def test_gray_input_is_taken_as_rgb(model):
+    gray = random_image(20, 30)[..., 0]
+    expected = predict_probability(model, np.repeat(gray[..., None], 3, axis=2))
+    np.testing.assert_array_equal(predict_probability(model, gray), expected)
+
+
+def _tile_edges(length, window, overlap, multiple=2):
+    """Inner tile edges along one axis (image borders are not tile edges)."""
+    layout = _tile_layout(length, window=window, overlap=overlap, multiple=multiple)
+    edges = {span.start for span in layout[1:]}
+    edges |= {span.start + span.inside for span in layout[:-1]}
+    return sorted(edges)
+
+
+def test_tiles_discard_their_edges_when_the_overlap_exceeds_the_receptive_field(model):
+    # The outer quarter of each overlap gets no weight: 32 // 4 = 8 > TINY_RADIUS, so no
+    # prediction that saw a tile edge counts and tiling changes nothing.
+    image = random_image(300, 260, seed=1)
+    whole = predict_probability(model, image, tile=1024)
+    tiled = predict_probability(model, image, tile=128, overlap=32)
+    assert whole.std() > 0.05  # the model's output varies, so a blending error would show
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+def test_tiled_equals_untiled_away_from_tile_edges_and_shows_no_seam(model):
+    # With 16 // 4 = 4 < TINY_RADIUS, predictions that saw a tile edge get a little weight.
+    height, width, window, overlap = 300, 260, 128, 16
+    image = random_image(height, width, seed=1)
+    whole = predict_probability(model, image, tile=1024)
+    tiled = predict_probability(model, image, tile=window, overlap=overlap)
+
+    row_edges = _tile_edges(height, window, overlap)
+    column_edges = _tile_edges(width, window, overlap)
+    assert row_edges and column_edges  # tiling did happen on both axes
+    near_edge = np.zeros((height, width), dtype=bool)
+    for edge in row_edges:
+        near_edge[max(0, edge - TINY_RADIUS) : edge + TINY_RADIUS] = True
+    for edge in column_edges:
+        near_edge[:, max(0, edge - TINY_RADIUS) : edge + TINY_RADIUS] = True
+
+    difference = np.abs(tiled - whole)
+    assert difference[~near_edge].max() < 1e-5
+    assert 0 < difference.max() < 0.02
+    # No seam: across each tile edge, the step between neighbouring rows/columns is the
+    # image's own step, not a jump.
+    for edge in row_edges:
+        tiled_step = tiled[edge] - tiled[edge - 1]
+        whole_step = whole[edge] - whole[edge - 1]
+        assert np.abs(tiled_step - whole_step).max() < 0.01
+    for edge in column_edges:
+        tiled_step = tiled[:, edge] - tiled[:, edge - 1]
+        whole_step = whole[:, edge] - whole[:, edge - 1]
+        assert np.abs(tiled_step - whole_step).max() < 0.01
+
+
+@pytest.mark.parametrize("length", [1, 15, 16, 17, 100, 257, 1000])
+@pytest.mark.parametrize("window, overlap", [(32, 0), (32, 8), (32, 16), (64, 40), (128, 100)])
+def test_tile_layout_covers_the_axis_on_the_pooling_grid(length, window, overlap):
+    layout = _tile_layout(length, window=window, overlap=overlap, multiple=16)
+    assert layout[0].start == 0 and layout[-1].pixels.stop == length
+    for span in layout:
+        assert span.start % 16 == 0 and len(span.weight) % 16 == 0
+        assert 0 < span.inside <= len(span.weight)
+    # Every pixel gets some weight, so normalising by the summed weight is safe.
+    assert _summed_weight(layout, length).min() > 0
+
+
+def test_tiling_keeps_memory_bounded(model):
+    # Neither a padded copy of the image nor a (height, width) weight image is made: numpy
+    # memory during prediction is the float32 accumulator plus a few batches of tiles.
+    image = random_image(2000, 1800)
+    tile, batch_size = 256, 4
+    predict_probability(model, image[:tile, :tile], tile=tile)  # build the network first
+    tracemalloc.start()
+    predict_probability(model, image, tile=tile, overlap=32, batch_size=batch_size)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    accumulator = image.shape[0] * image.shape[1] * 4
+    batch = batch_size * tile * tile * 3 * 4
+    assert peak < accumulator + 4 * batch < image.nbytes
+
+
+def test_tta_averages_the_four_flips(model):
+    image = random_image(40, 30)
+    expected = np.mean(
+        [
+            np.flip(predict_probability(model, np.flip(image, axes)), axes)
+            for axes in [(), (0,), (1,), (0, 1)]
+        ],
+        axis=0,
+    )
+    np.testing.assert_allclose(predict_probability(model, image, tta=True), expected, atol=1e-6)
+
+
+def test_resize_mode_returns_native_size_and_is_exact_at_the_trained_size(model):
+    image = random_image(64, 64)
+    np.testing.assert_allclose(
+        predict_probability(model, image, resize=64), predict_probability(model, image), atol=1e-6
+    )
+    probability = predict_probability(model, random_image(37, 91), resize=63)
+    assert probability.shape == (37, 91) and 0 <= probability.min() <= probability.max() <= 1
+
+
+def test_overlap_must_leave_room_for_a_tile_step(model):
+    with pytest.raises(ValueError, match="overlap"):
+        predict_probability(model, random_image(300, 300), tile=64, overlap=63)
+
+
+@pytest.mark.parametrize(
+    "min_area, fill_holes, speck_kept, hole_kept",
+    [(0, 0, True, True), (3, 0, True, True), (4, 0, False, True), (0, 4, True, True),
+     (0, 5, True, False), (4, 5, False, False)],
+)
+def test_clean_mask_removes_specks_and_holes_below_the_given_areas(
+    min_area, fill_holes, speck_kept, hole_kept
+):
+    mask = np.zeros((12, 12), dtype=bool)
+    mask[1:2, 1:4] = True  # a 3-pixel speck
+    mask[5:11, 5:11] = True
+    mask[7:9, 7:9] = False  # a 4-pixel hole
+    cleaned = clean_mask(mask, min_area=min_area, fill_holes=fill_holes)
+    assert cleaned[1, 2] == speck_kept
+    assert (not cleaned[7, 7]) == hole_kept
+    assert cleaned[5, 5]  # the object itself stays
+
+
+# ------------------------------------------------------------------ outputs
+
+
+def test_render_outputs_kinds():
+    image = random_image(24, 20)
+    probability = np.linspace(0, 1, 24 * 20, dtype=np.float32).reshape(24, 20)
+    mask = probability > 0.5
+    outputs = render_outputs(image, probability, mask)
+    assert outputs["mask"].dtype == np.uint8 and set(np.unique(outputs["mask"])) == {0, 255}
+    assert outputs["prob"].shape == (24, 20) and outputs["prob"][-1, -1] == 255
+    rgb = np.round(image * 255).astype(np.uint8)
+    overlay = outputs["overlay"]
+    assert overlay.shape == (24, 20, 3) and overlay.dtype == np.uint8
+    np.testing.assert_array_equal(overlay[~mask], rgb[~mask])  # background untouched
+    assert (overlay[mask] != rgb[mask]).any(axis=-1).all()  # foreground tinted or outlined
+    cutout = outputs["cutout"]
+    assert cutout.shape == (24, 20, 4) and cutout.dtype == np.uint8
+    assert (cutout[~mask] == 0).all() and (cutout[mask, 3] == 255).all()
+    np.testing.assert_array_equal(cutout[mask, :3], rgb[mask])
+
+
+# ------------------------------------------------------------------ model files
+
+
+def test_load_segmenter_round_trip(tmp_path, model):
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = load_segmenter(path)
+    image = random_image(16, 16)
+    np.testing.assert_allclose(
+        predict_probability(loaded, image), predict_probability(model, image), atol=1e-6
+    )
+
+
+@keras.saving.register_keras_serializable(package="elsewhere")
+class _Unregistered(keras.layers.Layer):
+    def call(self, x):
+        return x
+
+
+def _lambda_model():
+    inputs = keras.Input((None, None, 3))
+    return keras.Model(inputs, keras.layers.Lambda(lambda x: x[..., :1])(inputs))
+
+
+def _unknown_class_model():
+    model = _stack(_Unregistered())
+    # Forget the registration, as in a program that never imported the defining module.
+    keras.saving.get_custom_objects().pop("elsewhere>_Unregistered")
+    return model
+
+
+def _write_file(content):
+    def write(path):
+        path.write_bytes(content)
+    return write
+
+
+def _write_zip(path):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "not a model")
+
+
+@pytest.mark.parametrize(
+    "name, make, reason",
+    [
+        ("absent.keras", None, "no such model file"),
+        ("lambda.keras", lambda path: _lambda_model().save(path), "lambda"),
+        ("unknown.keras", lambda path: _unknown_class_model().save(path), "_Unregistered"),
+        ("junk.keras", _write_file(b"\x00garbage"), "not a Keras model file"),
+        ("empty.keras", _write_file(b""), "not a Keras model file"),
+        ("other.keras", _write_zip, "not a Keras model file"),
+        ("model.h5", _write_file(b"\x89HDF\r\n"), "not a .keras model file"),
+    ],
+)
+def test_load_segmenter_refuses_with_one_line_naming_the_file(tmp_path, name, make, reason):
+    path = tmp_path / name
+    if make is not None:
+        make(path)
+    with pytest.raises(DataError) as caught:
+        load_segmenter(path)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(str(path)) and reason in message
+
+
+def test_find_latest_model_by_mtime(tmp_path):
+    assert find_latest_model(tmp_path / "runs") is None
+    for name, mtime in [("a", 2_000_000), ("b", 3_000_000), ("c", 1_000_000)]:
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "model.keras").write_bytes(b"")
+        os.utime(tmp_path / "runs" / name / "model.keras", (mtime, mtime))
+    assert find_latest_model(tmp_path / "runs") == tmp_path / "runs" / "b" / "model.keras"
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def test_collect_inputs(tmp_path):
+    for relative in ["a.png", "b.JPG", "notes.txt", ".hidden.png", "sub/c.tif", "sub/d.png"]:
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"")
+    folder = str(tmp_path)
+
+    paths, unmatched = collect_inputs([folder])
+    assert [p.name for p in paths] == ["a.png", "b.JPG"] and unmatched == []
+    paths, _ = collect_inputs([folder], recursive=True)
+    assert [p.name for p in paths] == ["a.png", "b.JPG", "c.tif", "d.png"]
+    # A glob quoted past the shell, a duplicate, a literal missing file, a pattern matching nothing.
+    paths, unmatched = collect_inputs(
+        [f"{folder}/sub/*", f"{folder}/sub/d.png", f"{folder}/missing.png", f"{folder}/*.bmp"]
+    )
+    assert [p.name for p in paths] == ["c.tif", "d.png", "missing.png"]
+    assert unmatched == [f"{folder}/*.bmp"]
+    paths, _ = collect_inputs([f"{folder}/**/*.png"], recursive=True)
+    assert sorted(p.name for p in paths) == ["a.png", "d.png"]
+
+
+def test_integer_images_are_refused_rather_than_misread(model):
+    with pytest.raises(ValueError, match="float image"):
+        predict_probability(model, np.zeros((8, 8, 3), dtype=np.uint8))
