@@ -1,0 +1,321 @@
+import cv2
+import numpy as np
+import pytest
+import skimage.measure
+from skimage.morphology import erosion
+
+from segment import data
+from segment.imageio import DataError, write_png
+
+# --------------------------------------------------------------------------------------------
+# Generator settings
+
+
+def test_generator_config_overrides_and_errors():
+    config = data.generator_config("hard", noise_std=[0, 0], object_count=(1, 1))
+    assert config.noise_std == (0, 0) and config.object_count == (1, 1)
+    assert config.blur_sigma == data.PRESETS["hard"].blur_sigma
+    with pytest.raises(ValueError, match="Unknown difficulty 'extreme'"):
+        data.generator_config("extreme")
+    with pytest.raises(ValueError, match=r"Unknown generator settings \['noise'\]"):
+        data.generator_config(noise=0.1)
+    with pytest.raises(ValueError, match=r"shape_weights: unknown kinds \['hexagon'\]"):
+        data.generator_config(shape_weights={"hexagon": 1.0})
+    with pytest.raises(ValueError, match="blur_sigma: expected \\(low, high\\)"):
+        data.generator_config(blur_sigma=(2.0, 1.0))
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic samples
+
+
+@pytest.mark.parametrize("difficulty", list(data.PRESETS))
+def test_samples_have_documented_types_and_ranges(difficulty):
+    images, masks = data.synthetic_arrays(6, size=(40, 56), difficulty=difficulty, seed=1)
+    assert images.shape == (6, 40, 56, 3) and images.dtype == np.float32
+    assert masks.shape == (6, 40, 56, 1) and masks.dtype == np.float32
+    assert images.min() >= 0 and images.max() <= 1
+    assert set(np.unique(masks)) == {0.0, 1.0}
+
+
+def test_same_seed_same_samples_in_any_order():
+    images, masks = data.synthetic_arrays(4, size=48, difficulty="hard", seed=3)
+    again_images, again_masks = data.synthetic_arrays(4, size=48, difficulty="hard", seed=3)
+    np.testing.assert_array_equal(images, again_images)
+    np.testing.assert_array_equal(masks, again_masks)
+    # Sample 2 on its own equals sample 2 of the batch: no hidden state between samples.
+    alone = data.make_sample(data.sample_rng(3, 2), 48, data.generator_config("hard"))
+    np.testing.assert_array_equal(alone[0], images[2])
+    other_images, _ = data.synthetic_arrays(4, size=48, difficulty="hard", seed=4)
+    assert not np.allclose(images, other_images)
+
+
+def test_mask_is_exactly_where_the_image_differs_from_a_flat_background():
+    # "easy" has flat colours and no degradation; objects differ from the background by >= 0.4.
+    config = data.generator_config("easy", object_count=(1, 4))
+    for index in range(12):
+        image, mask = data.make_sample(data.sample_rng(0, index), 48, config)
+        background_pixels = image[mask[..., 0] == 0]
+        colours, counts = np.unique(background_pixels, axis=0, return_counts=True)
+        background = colours[np.argmax(counts)]
+        differs = np.any(image != background, axis=-1)
+        np.testing.assert_array_equal(differs, mask[..., 0] == 1, err_msg=f"sample {index}")
+        assert 0 < mask.mean() < 1
+
+
+def test_rings_have_holes_and_disks_do_not():
+    def euler_numbers(shape_kind):
+        config = data.generator_config(
+            "easy", shape_weights={shape_kind: 1.0}, object_count=(1, 1), object_size=(0.15, 0.2)
+        )
+        results = []
+        for index in range(20):
+            mask = data.make_sample(data.sample_rng(0, index), 64, config)[1][..., 0] > 0
+            border = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
+            results.append((skimage.measure.euler_number(mask, connectivity=2), border.any()))
+        return results
+
+    rings = [euler for euler, touches_border in euler_numbers("ring") if not touches_border]
+    assert len(rings) >= 3, "too few rings away from the border to check"
+    assert rings == [0] * len(rings)  # one component with one hole
+    assert [euler for euler, _ in euler_numbers("disk")] == [1] * 20
+
+
+def test_dataset_stream_equals_synthetic_arrays():
+    dataset = data.synthetic_dataset(size=32, batch_size=3, difficulty="hard", seed=7)
+    assert dataset.element_spec[0].shape == (3, 32, 32, 3)
+    assert dataset.element_spec[1].shape == (3, 32, 32, 1)
+    batches = list(dataset.take(3).as_numpy_iterator())
+    images = np.concatenate([images for images, _ in batches])
+    masks = np.concatenate([masks for _, masks in batches])
+    assert images.dtype == np.float32 and masks.dtype == np.float32
+    expected_images, expected_masks = data.synthetic_arrays(9, size=32, difficulty="hard", seed=7)
+    np.testing.assert_array_equal(images, expected_images)
+    np.testing.assert_array_equal(masks, expected_masks)
+
+
+# --------------------------------------------------------------------------------------------
+# Folder reading
+
+
+def _write_pair(folder, stem, *, image_shape=(20, 30), image_ext=".png", mask=None):
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(stem))
+    cv2.imwrite(
+        str(folder / "images" / f"{stem}{image_ext}"),
+        rng.integers(0, 256, (*image_shape, 3), dtype=np.uint8),
+    )
+    if mask is None:
+        mask = np.zeros(image_shape, dtype=np.uint8)
+        mask[: image_shape[0] // 2] = 255
+    write_png(folder / "masks" / f"{stem}.png", mask)
+
+
+def test_find_pairs_pairs_by_stem_and_skips_other_files(tmp_path):
+    for stem in ("b", "a", "c"):
+        _write_pair(tmp_path, stem, image_ext=".jpg" if stem == "b" else ".png")
+    (tmp_path / "images" / "notes.txt").write_text("not an image")
+    (tmp_path / "images" / "._a.png").write_bytes(b"macOS resource fork")
+    pairs = data.find_pairs(tmp_path)
+    assert [(image.name, mask.name) for image, mask in pairs] == [
+        ("a.png", "a.png"),
+        ("b.jpg", "b.png"),
+        ("c.png", "c.png"),
+    ]
+
+
+def _no_masks_folder(root):
+    (root / "images").mkdir(parents=True)
+
+
+def _empty_folder(root):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+
+
+def _unpaired_images(root):
+    for stem in "abcdefg":
+        _write_pair(root, stem)
+    for stem in "bcdefg":
+        (root / "masks" / f"{stem}.png").unlink()
+
+
+def _unpaired_mask(root):
+    _write_pair(root, "a")
+    _write_pair(root, "zz")
+    (root / "images" / "zz.png").unlink()
+
+
+def _duplicate_stems(root):
+    _write_pair(root, "a")
+    _write_pair(root, "a", image_ext=".jpg")
+
+
+def _jpeg_mask(root):
+    _write_pair(root, "a")
+    cv2.imwrite(str(root / "masks" / "b.jpg"), np.zeros((4, 4), np.uint8))
+
+
+@pytest.mark.parametrize(
+    "make_folder, message",
+    [
+        (lambda root: None, "no such folder"),
+        (_no_masks_folder, "missing masks/ subfolder"),
+        (lambda root: (root / "masks").mkdir(parents=True), "missing images/ subfolder"),
+        (_empty_folder, "no images"),
+        (_unpaired_images, r"6 image\(s\) without a mask in masks/: b, c, d, e, f and 1 more"),
+        (_unpaired_mask, r"1 mask\(s\) without an image in images/: zz"),
+        (_duplicate_stems, r"several images share a name.*a \(a.jpg, a.png\)"),
+        (_jpeg_mask, "masks must be PNG .*b.jpg"),
+    ],
+)
+def test_find_pairs_errors(tmp_path, make_folder, message):
+    root = tmp_path / "dataset"
+    make_folder(root)
+    with pytest.raises(DataError, match=message):
+        data.find_pairs(root)
+
+
+def _corrupt_image(root):
+    _write_pair(root, "a")
+    (root / "images" / "a.png").write_bytes(b"\x89PNG but then garbage" * 10)
+    return "a.png: not a readable image"
+
+
+def _empty_image(root):
+    _write_pair(root, "a")
+    (root / "images" / "a.png").write_bytes(b"")
+    return r"a.png: empty file \(0 bytes\)"
+
+
+def _size_mismatch(root):
+    _write_pair(root, "a", image_shape=(20, 30), mask=np.zeros((20, 31), np.uint8))
+    return r"images/a.png is 30x20 but its mask .*masks/a.png is 31x20"
+
+
+def _grey_mask(root):
+    _write_pair(
+        root, "a", mask=np.array([[0, 128], [255, 0]], np.uint8).repeat(10, 0).repeat(15, 1)
+    )
+    return r"masks/a.png: mask is not binary \(values 0, 128, 255\)"
+
+
+@pytest.mark.parametrize("make_folder", [_corrupt_image, _empty_image, _size_mismatch, _grey_mask])
+def test_bad_files_fail_on_loading_with_their_name(tmp_path, make_folder):
+    message = make_folder(tmp_path)
+    pairs = data.find_pairs(tmp_path)
+    with pytest.raises(DataError, match=message):
+        data.load_pairs(pairs)
+    # The training pipeline reads everything up front: it fails before yielding anything.
+    with pytest.raises(DataError, match=message):
+        data.folder_dataset(pairs, size=16, batch_size=1)
+
+
+def test_threshold_accepts_multi_valued_masks(tmp_path):
+    _grey_mask(tmp_path)
+    _, masks = data.load_pairs(data.find_pairs(tmp_path), threshold=0.6)
+    assert masks[0].shape == (20, 30, 1)
+    assert masks[0][:10, :15].max() == 0 and masks[0][10:, :15].min() == 1  # only 255 is above 0.6
+
+
+def test_dataset_splits(tmp_path):
+    for split in ("train", "test"):
+        _write_pair(tmp_path / "splits" / split, "a")
+    assert data.dataset_splits(tmp_path / "splits") == {
+        "train": tmp_path / "splits" / "train",
+        "test": tmp_path / "splits" / "test",
+    }
+    _write_pair(tmp_path / "flat", "a")
+    assert data.dataset_splits(tmp_path / "flat") == {"all": tmp_path / "flat"}
+    (tmp_path / "neither").mkdir()
+    with pytest.raises(DataError, match="expected images/ and masks/ subfolders, or train/"):
+        data.dataset_splits(tmp_path / "neither")
+    with pytest.raises(DataError, match="no such folder"):
+        data.dataset_splits(tmp_path / "missing")
+
+
+def test_split_pairs_is_seeded_disjoint_and_never_empty():
+    pairs = [(f"{i}.png", f"{i}.png") for i in range(30)]
+    train, val = data.split_pairs(pairs, val_fraction=0.2, seed=1)
+    assert len(val) == 6 and sorted(train + val) == sorted(pairs)
+    assert data.split_pairs(pairs, val_fraction=0.2, seed=1) == (train, val)
+    assert data.split_pairs(pairs, val_fraction=0.2, seed=2) != (train, val)
+    assert [len(part) for part in data.split_pairs(pairs[:2], val_fraction=0.01)] == [1, 1]
+    assert [len(part) for part in data.split_pairs(pairs[:1])] == [1, 0]
+
+
+def test_written_folder_reads_back_identically(tmp_path):
+    images, masks = data.synthetic_arrays(5, size=(24, 40), seed=2)
+    data.write_folder(tmp_path, images, masks)
+    pairs = data.find_pairs(tmp_path)
+    assert [image.name for image, _ in pairs] == [f"0000{i}.png" for i in range(5)]
+    read_images, read_masks = data.load_pairs(pairs)
+    # PNGs hold 8 bits: the images come back as the same 8-bit levels.
+    np.testing.assert_array_equal(np.round(np.stack(read_images) * 255), np.round(images * 255))
+    np.testing.assert_array_equal(np.stack(read_masks), masks)
+    resized_images, resized_masks = data.load_pairs(pairs, size=16)
+    assert resized_images.shape == (5, 16, 16, 3) and resized_masks.shape == (5, 16, 16, 1)
+    assert set(np.unique(resized_masks)) == {0.0, 1.0}  # nearest neighbour: still binary
+
+
+# --------------------------------------------------------------------------------------------
+# Folder pipeline
+
+
+def _mask_like_images(folder):
+    """Images whose content is their own asymmetric mask (an off-centre L), of several sizes."""
+    images, masks = [], []
+    for height, width in [(60, 60), (48, 80), (90, 50)]:
+        mask = np.zeros((height, width, 1), dtype=np.float32)
+        mask[height // 5 : height * 3 // 4, width // 6 : width // 3] = 1
+        mask[height * 3 // 5 : height * 3 // 4, width // 6 : width * 3 // 4] = 1
+        images.append(np.repeat(mask, 3, axis=2))
+        masks.append(mask)
+    return data.write_folder(folder, images, masks)
+
+
+def test_augmentation_moves_image_and_mask_together(tmp_path):
+    pairs = _mask_like_images(tmp_path)
+    dataset = data.folder_dataset(pairs, size=32, batch_size=4, seed=3)
+    assert dataset.element_spec[0].shape == (4, 32, 32, 3)
+    images, masks = (np.concatenate(parts) for parts in zip(*dataset.take(4).as_numpy_iterator()))
+    assert masks.mean() > 0.05
+    square = np.ones((3, 3), dtype=bool)
+    for image, mask in zip(images, masks):
+        grey = image.mean(axis=-1)
+        # Brightness/contrast move both levels the same way: split at their midpoint.
+        foreground = grey > (grey.min() + grey.max()) / 2
+        mask = mask[..., 0] > 0.5
+        # Bilinear (image) and nearest-neighbour (mask) resizing may disagree by one pixel at
+        # the L's edges; everywhere else they must agree exactly.
+        inside = erosion(mask, square) | erosion(~mask, square)
+        np.testing.assert_array_equal(foreground[inside], mask[inside])
+
+
+def test_folder_dataset_is_seeded(tmp_path):
+    pairs = _mask_like_images(tmp_path)
+
+    def first_batch(seed):
+        return next(
+            data.folder_dataset(pairs, size=24, batch_size=3, seed=seed).as_numpy_iterator()
+        )
+
+    np.testing.assert_array_equal(first_batch(5)[0], first_batch(5)[0])
+    assert not np.array_equal(first_batch(5)[0], first_batch(6)[0])
+
+
+def test_folder_dataset_single_pass_without_augmentation_is_a_plain_resize(tmp_path):
+    images, masks = data.synthetic_arrays(5, size=(30, 20), seed=4)
+    pairs = data.write_folder(tmp_path, images, masks)
+    batches = list(
+        data.folder_dataset(
+            pairs, size=16, batch_size=2, augment=False, repeat=False
+        ).as_numpy_iterator()
+    )
+    assert [len(images) for images, _ in batches] == [2, 2, 1]  # every pair once, in order
+    expected_images, expected_masks = data.load_pairs(pairs, size=16)
+    np.testing.assert_allclose(
+        np.concatenate([b[0] for b in batches]), expected_images, atol=0.5 / 255
+    )
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), expected_masks)
