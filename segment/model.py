@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from segment.layers import InstanceNormalize, LayerScale, subtract_mean
+from segment.layers import InstanceNormalize, LayerScale, SweepContext, subtract_mean
 
 __all__ = ["SegmentationModel", "build_model"]
 
@@ -28,6 +28,15 @@ class SegmentationModel(keras.Model):
 
     Build one with `build_model()`; compile it with any loss and optimizer.
     """
+
+    @property
+    def size_multiple(self):
+        """Input height and width must be multiples of this: the product of the poolings."""
+        multiple = 1
+        for layer in self.layers:
+            if isinstance(layer, keras.layers.MaxPooling2D):
+                multiple *= layer.pool_size[0]
+        return multiple
 
     def _track_loss(self, x, loss):
         batch_size = tf.shape(tf.nest.flatten(x)[0])[0]
@@ -88,6 +97,8 @@ def build_model(
     depth=3,
     blocks_per_level=1,
     layer_scale_init=0.1,
+    context="none",
+    context_units=32,
     name="segmenter",
 ):
     """Build the segmenter: a fully convolutional residual U-Net.
@@ -95,7 +106,7 @@ def build_model(
     ```
     image -> Lambda(subtract_mean) -> 3x3 stem
           -> [residual block -> 2x2 max-pool] x depth  (filters double each level)
-          -> residual block (bottleneck)
+          -> residual block (bottleneck) [+ LayerScale(SweepContext) if context="sweep"]
           -> [2x nearest upsample -> concat skip -> 1x1 conv -> residual block] x depth
           -> 1x1 conv -> sigmoid (float32, also under mixed precision)
     ```
@@ -113,12 +124,17 @@ def build_model(
             (8 by default). Defaults to `3`.
         blocks_per_level: residual blocks at each level. Defaults to `1`.
         layer_scale_init: initial LayerScale factor of every residual branch. Defaults to `0.1`.
+        context: `"none"`, or `"sweep"` to add a `SweepContext` residual branch at the
+            bottleneck, giving every pixel context from the whole image. Defaults to `"none"`.
+        context_units: GRU units of each sweep direction. Defaults to `32`.
         name: model name. Defaults to `"segmenter"`.
 
     Returns:
         An uncompiled `SegmentationModel` mapping `(batch, H, W, 3)` images in [0, 1] to
         `(batch, H, W, 1)` foreground probabilities.
     """
+    if context not in ("none", "sweep"):
+        raise ValueError(f"context must be 'none' or 'sweep', got {context!r}")
     multiple = 2**depth
     for size in input_shape[:2]:
         if size is not None and size % multiple:
@@ -142,6 +158,10 @@ def build_model(
 
     for block in range(blocks_per_level):
         x = _residual_block(x, base_filters * 2**depth, f"bottleneck_block{block}", layer_scale_init)
+    if context == "sweep":
+        sweep = SweepContext(context_units, name="bottleneck_sweep")(x)
+        sweep = LayerScale(layer_scale_init, name="bottleneck_sweep_scale")(sweep)
+        x = keras.layers.Add(name="bottleneck_sweep_add")([x, sweep])
 
     for level in reversed(range(depth)):
         filters = base_filters * 2**level

@@ -1,0 +1,46 @@
+"""Training settings as one dataclass, saved as `config.json` in every run folder."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+__all__ = ["TrainConfig"]
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that decides a training run. The defaults are `python scripts/train.py`."""
+
+    data: str | None = None  # image/mask folder; None trains on synthetic shapes made on the fly
+    out: str | None = None  # run folder; None means runs/<timestamp>
+    epochs: int = 12  # 12 x 60 steps x 16 images fits the 10-minute budget on 2 CPU cores
+    steps_per_epoch: int = 60
+    batch_size: int = 16
+    size: int = 96  # training crops; the network is fully convolutional, so any size predicts
+    loss: str = "composite"  # a key of segment.losses.LOSSES
+    lr: float = 0.05  # StepHalvingSGD's initial rate
+    momentum: float = 0.9
+    halve_every: int = 4  # epochs between learning-rate halvings
+    seed: int = 0  # one seed for weights, data stream, validation set and augmentation
+    difficulty: str = "medium"  # synthetic preset: easy, medium or hard
+    val_count: int = 64  # synthetic validation images (a fixed set, drawn from its own seed)
+    val_fraction: float = 0.1  # held out of --data when it has no val/ folder
+    base_filters: int = 16  # width of build_model at full resolution
+    depth: int = 3  # down-samplings; sizes must be multiples of 2 ** depth
+    context: str = "none"  # "sweep" adds the recurrent SweepContext block at the bottleneck
+    mixed_precision: bool = False  # bfloat16 on CPU, float16 on GPU
+    strategy: str = "default"  # default, mirrored or multiworker
+    jit_compile: bool = False  # XLA; off because it measured slower on CPU for this model
+    threshold: float | None = None  # accept multi-valued --data masks, foreground > threshold
+
+    def to_json(self, path):
+        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def from_json(cls, path):
+        values = json.loads(Path(path).read_text())
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {unknown}")
+        return cls(**values)

@@ -1,0 +1,121 @@
+"""The training application end to end, on tiny models and images."""
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from segment import data
+from segment.config import TrainConfig
+from segment.training import train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--size", "32", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "4",
+        "--val-count", "4", "--base-filters", "4", "--depth", "2"]
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def train_script():
+    return _script("train")
+
+
+def test_train_writes_a_complete_run_folder(train_script, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_script.main(TINY + ["--out", str(out)]) == 0
+    assert "model.keras" in capsys.readouterr().out
+    model = keras.saving.load_model(out / "model.keras", safe_mode=True)
+    assert model.predict(np.zeros((1, 40, 24, 3), "float32"), verbose=0).shape == (1, 40, 24, 1)
+    with (out / "history.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 1
+    assert {"epoch", "loss", "iou", "val_loss", "val_iou"} <= set(rows[0])
+    results = json.loads((out / "metrics.json").read_text())
+    assert {"iou", "dice", "spurious", "b0_error", "train_seconds"} <= set(results)
+    assert 0.0 <= results["iou"] <= 1.0
+    assert TrainConfig.from_json(out / "config.json").size == 32
+    assert any((out / "logs").iterdir())
+    assert not (out / "backup").exists()  # removed once training completes
+
+
+def test_train_on_an_image_mask_folder(train_script, tmp_path):
+    images, masks = data.synthetic_arrays(6, size=40, difficulty="easy", seed=3)
+    data.write_folder(tmp_path / "shapes", images, masks)
+    out = tmp_path / "run"
+    assert train_script.main(TINY + ["--data", str(tmp_path / "shapes"), "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["validation_images"] == 1
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Stands in for a killed process: stops everything after epoch `after` is saved."""
+
+    def __init__(self, after):
+        super().__init__()
+        self.after = after
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.after:
+            raise KeyboardInterrupt
+
+
+class _FinalWeights(keras.callbacks.Callback):
+    def on_train_end(self, logs=None):
+        self.weights = self.model.get_weights()
+
+
+def test_a_resumed_run_ends_with_the_same_weights(tmp_path):
+    def config(name):
+        return TrainConfig(out=str(tmp_path / name), size=32, epochs=3, steps_per_epoch=2,
+                           batch_size=4, val_count=4, base_filters=4, depth=2, halve_every=1)
+
+    uninterrupted = _FinalWeights()
+    train(config("whole"), callbacks=[uninterrupted], verbose=0)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config("killed"), callbacks=[_Interrupt(after=1)], verbose=0)
+    assert (tmp_path / "killed" / "backup").exists()
+    resumed = _FinalWeights()
+    train(None, resume=tmp_path / "killed", callbacks=[resumed], verbose=0)
+
+    for a, b in zip(uninterrupted.weights, resumed.weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with (tmp_path / "killed" / "history.csv").open() as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--size", "30"], "multiple of 4"),
+        (["--data", "no/such/folder"], "no/such/folder"),
+        (["--epochs", "0"], "--epochs"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(train_script, tmp_path, capsys, extra, message):
+    assert train_script.main(TINY + ["--out", str(tmp_path / "run")] + extra) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error:") and message in error and "\n" not in error
+
+
+def test_unpaired_files_and_existing_out_are_refused(train_script, tmp_path, capsys):
+    images, masks = data.synthetic_arrays(3, size=32, difficulty="easy", seed=1)
+    data.write_folder(tmp_path / "shapes", images, masks)
+    (tmp_path / "shapes" / "masks" / sorted((tmp_path / "shapes" / "masks").iterdir())[0].name).unlink()
+    assert train_script.main(TINY + ["--data", str(tmp_path / "shapes"), "--out", str(tmp_path / "a")]) == 2
+    assert "without" in capsys.readouterr().err
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "keep.txt").write_text("mine")
+    assert train_script.main(TINY + ["--out", str(tmp_path / "b")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "b" / "keep.txt").read_text() == "mine"
