@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from segment.baselines import BASELINES  # noqa: E402
+from segment.cli import HelpFormatter, choice_list, non_negative, probability  # noqa: E402
 from segment.data import dataset_splits, find_pairs  # noqa: E402
 from segment.imageio import DataError, read_image, read_mask, write_png  # noqa: E402
 from segment.inference import load_segmenter, predict_mask  # noqa: E402
@@ -72,41 +73,12 @@ _FALSE_POSITIVE = (230, 40, 40)
 _FALSE_NEGATIVE = (40, 90, 230)
 
 
-def _baseline_names(text):
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if names == ["none"]:
-        return []
-    unknown = [name for name in names if name not in BASELINES]
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}"
-        )
-    return names
 
-
-def _probability(text):
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a value in [0, 1], got {text}")
-    return value
-
-
-def _non_negative(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
-
-
-class _HelpFormatter(
-    argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter
-):
-    """Shows defaults and keeps the epilog's line breaks."""
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        description=__doc__, epilog=EPILOG, formatter_class=_HelpFormatter
+        description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter
     )
     # Required options default to SUPPRESS so that the help does not list "(default: None)".
     required = dict(required=True, default=argparse.SUPPRESS)
@@ -116,13 +88,13 @@ def build_parser():
                         help="dataset folder (with test/) or an images/ + masks/ folder")
     parser.add_argument("--out", type=Path, metavar="DIR", **required,
                         help="folder for per_image.csv, summary.json, report.md, worst.png")
-    parser.add_argument("--baselines", type=_baseline_names, default=",".join(BASELINES),
+    parser.add_argument("--baselines", type=choice_list(BASELINES, what="baseline(s)", allow_none=True), default=",".join(BASELINES),
                         metavar="NAMES",
                         help=f"comma-separated, from {', '.join(BASELINES)}; '' or none for "
                              "the model alone")
-    parser.add_argument("--threshold", type=_probability, default=0.5, metavar="P",
+    parser.add_argument("--threshold", type=probability, default=0.5, metavar="P",
                         help="model probability above which a pixel is foreground")
-    parser.add_argument("--worst", type=_non_negative, default=6, metavar="N",
+    parser.add_argument("--worst", type=non_negative, default=6, metavar="N",
                         help="rows of worst.png: images with the lowest IoU (0: no sheet)")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty --out, replacing earlier outputs")

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 import segment
 from segment import data
+from segment.cli import HelpFormatter
 from segment.imageio import DataError
 
 EPILOG = """example:
@@ -34,10 +35,6 @@ def split_counts(count, fractions):
         )
     val, test = (round(count * value) for value in values[1:])
     return dict(zip(data.SPLIT_NAMES, (count - val - test, val, test)))
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults and keeps the example's line breaks."""
 
 
 def main(argv=None) -> int:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
 
+from segment.cli import HelpFormatter, choice_list, non_negative, positive, probability  # noqa: E402
 from segment.inference import (  # noqa: E402
     OUTPUT_KINDS,
     collect_inputs,
@@ -31,51 +32,9 @@ tiling or --resize?
 """
 
 
-def _output_kinds(text):
-    kinds = [kind.strip() for kind in text.split(",") if kind.strip()]
-    unknown = [kind for kind in kinds if kind not in OUTPUT_KINDS]
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown output kind(s) {', '.join(unknown)}; choose from {', '.join(OUTPUT_KINDS)}"
-        )
-    return kinds
-
-
-def _probability(text):
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a value in [0, 1], got {text}")
-    return value
-
-
-def _non_negative(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
-
-
-def _positive(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
-
-
-class _HelpFormatter(
-    argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter
-):
-    """Shows defaults, keeps the epilog's line breaks, and leaves out empty defaults (flags)."""
-
-    def _get_help_string(self, action):
-        if action.default is None or isinstance(action.default, bool) or action.default == []:
-            return action.help
-        return super()._get_help_string(action)
-
-
 def build_parser():
     parser = argparse.ArgumentParser(
-        description=__doc__, epilog=EPILOG, formatter_class=_HelpFormatter
+        description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files, folders or glob patterns (PNG, JPEG, BMP, TIFF)")
@@ -87,24 +46,24 @@ def build_parser():
                         help="where to look for a model when --model is not given")
     parser.add_argument("--recursive", action="store_true",
                         help="descend into sub-folders of input folders; ** in patterns")
-    parser.add_argument("--save", type=_output_kinds, default=[], metavar="KINDS",
+    parser.add_argument("--save", type=choice_list(OUTPUT_KINDS, what="output kind(s)"), default=[], metavar="KINDS",
                         help="extra outputs, comma-separated: prob, overlay, cutout "
                              "(the mask is always written)")
-    parser.add_argument("--threshold", type=_probability, default=0.5,
+    parser.add_argument("--threshold", type=probability, default=0.5,
                         help="probability above which a pixel is foreground")
-    parser.add_argument("--tile", type=_positive, default=512,
+    parser.add_argument("--tile", type=positive, default=512,
                         help="largest side fed to the network at once; larger images are tiled")
-    parser.add_argument("--overlap", type=_non_negative, default=64,
+    parser.add_argument("--overlap", type=non_negative, default=64,
                         help="pixels shared by neighbouring tiles, blended across")
-    parser.add_argument("--resize", type=_positive, default=None, metavar="S",
+    parser.add_argument("--resize", type=positive, default=None, metavar="S",
                         help="resize each whole image to SxS instead of tiling")
     parser.add_argument("--tta", action="store_true",
                         help="average predictions over flips (4x slower, smoother masks)")
-    parser.add_argument("--batch-size", type=_positive, default=4,
+    parser.add_argument("--batch-size", type=positive, default=4,
                         help="tiles per network call")
-    parser.add_argument("--min-area", type=_non_negative, default=0,
+    parser.add_argument("--min-area", type=non_negative, default=0,
                         help="remove foreground regions smaller than this many pixels (0: off)")
-    parser.add_argument("--fill-holes", type=_non_negative, default=0,
+    parser.add_argument("--fill-holes", type=non_negative, default=0,
                         help="fill holes smaller than this many pixels (0: off)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace outputs that already exist in --out")

@@ -1,12 +1,12 @@
 """Train the segmenter. With no arguments: synthetic `medium` shapes, about 8 minutes on 2 cores."""
 
 import argparse
-import dataclasses
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from segment.cli import HelpFormatter  # noqa: E402
 from segment.config import TrainConfig  # noqa: E402
 from segment.losses import LOSSES  # noqa: E402
 from segment.training import train  # noqa: E402
@@ -19,10 +19,6 @@ EXAMPLES = """examples:
 
 The run folder gets config.json, model.keras (best validation loss), history.csv,
 metrics.json and TensorBoard logs/ (tensorboard --logdir runs)."""
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Show defaults and keep the examples' line breaks."""
 
 
 def parse_args(argv):

@@ -9,7 +9,6 @@ from datetime import datetime
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from segment import data, metrics
