@@ -7,6 +7,7 @@
 """
 
 import keras
+import tensorflow as tf  # InstanceNormalize uses TensorFlow's fused kernel directly
 from keras import ops
 
 __all__ = ["ContextGRUCell", "InstanceNormalize", "LayerScale", "SweepContext", "subtract_mean"]
@@ -42,14 +43,19 @@ class InstanceNormalize(keras.layers.Layer):
 
     The same computation as `keras.layers.GroupNormalization(groups=-1)` (one group per
     channel); with the same `epsilon` and weights the two agree to float32 round-off. It is
-    written to be at least as fast:
+    written to be faster: instance statistics are batch statistics once the batch is folded
+    into the channels, so the layer lays the input out as one image with `batch * channels`
+    channels and runs TensorFlow's fused batch-normalisation kernel on it (training mode, so
+    it always uses the statistics of the input itself):
 
-    - one pass over the data for the statistics: `E[x]` and `E[x^2]`, `var = E[x^2] - E[x]^2`
-      (clamped at zero), instead of a second pass for the centred variance;
-    - statistics and the normalisation in float32 (so `mixed_bfloat16`/`mixed_float16` do
-      not overflow or cancel), as one multiply-add `x * a + b` with per-(sample, channel)
-      coefficients `a`, `b`, and a single cast of the result to the compute dtype;
-    - no reshape into groups.
+    - one kernel forward and one backward, instead of a dozen element-wise ops and their
+      gradients, each a pass over memory;
+    - the input is read in its compute dtype (no float32 copy under `mixed_bfloat16`) while
+      the statistics and the multiply-add are computed in float32, so mixed precision
+      neither overflows nor cancels;
+    - measured in the segmenter's training step: on a par with
+      `GroupNormalization(groups=-1)` in float32 and about 1.3x faster in mixed_bfloat16
+      (see `scripts/benchmark_speed.py`).
 
     Reference: Ulyanov et al., "Instance Normalization: The Missing Ingredient for Fast
     Stylization", 2016, https://arxiv.org/abs/1607.08022
@@ -113,19 +119,30 @@ class InstanceNormalize(keras.layers.Layer):
         )
 
     def call(self, inputs):
-        x = ops.cast(inputs, "float32")
-        mean = ops.mean(x, axis=(1, 2), keepdims=True)
-        mean_of_squares = ops.mean(ops.square(x), axis=(1, 2), keepdims=True)
-        variance = ops.relu(mean_of_squares - ops.square(mean))
-        multiplier = ops.rsqrt(variance + self.epsilon)
-        if self.gamma is not None:
-            multiplier = multiplier * self.gamma
-        offset = -mean * multiplier
-        if self.beta is not None:
-            offset = offset + self.beta
-        # The multiply-add stays in float32 too: in bfloat16, `x * a + b` cancels
-        # catastrophically when a channel's mean is large against its spread.
-        return ops.cast(x * multiplier + offset, self.compute_dtype)
+        batch, height, width = (tf.shape(inputs)[axis] for axis in range(3))
+        channels = inputs.shape[-1]
+        # (batch, height, width, channels) -> (1, height, width, batch * channels): each
+        # (sample, channel) pair becomes a channel of one image, whose batch statistics are
+        # exactly the instance statistics.
+        x = tf.reshape(tf.transpose(inputs, (1, 2, 0, 3)), (1, height, width, -1))
+        gamma = self.gamma if self.gamma is not None else tf.ones((channels,), "float32")
+        beta = self.beta if self.beta is not None else tf.zeros((channels,), "float32")
+        empty = tf.zeros((0,), "float32")
+        # FusedBatchNormV3 reads `x` in its own dtype and computes the statistics and the
+        # multiply-add in float32: in bfloat16, `x * a + b` would cancel catastrophically when
+        # a channel's mean is large against its spread. Its gradient is one fused kernel too.
+        y = tf.raw_ops.FusedBatchNormV3(
+            x=x,
+            scale=tf.tile(tf.convert_to_tensor(gamma), (batch,)),
+            offset=tf.tile(tf.convert_to_tensor(beta), (batch,)),
+            mean=empty,
+            variance=empty,
+            epsilon=self.epsilon,
+            data_format="NHWC",
+            is_training=True,
+        ).y
+        y = tf.transpose(tf.reshape(y, (height, width, batch, channels)), (2, 0, 1, 3))
+        return ops.cast(y, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape

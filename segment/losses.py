@@ -126,12 +126,20 @@ def soft_skeleton(images, iterations=5):
         iterations: erosion steps; structures up to about `2 * iterations` pixels thick get a
             complete skeleton. Defaults to `5`.
     """
-    skeleton = ops.relu(images - _soft_dilate(_soft_erode(images)))
+    batch, height, width, channels = (ops.shape(images)[axis] for axis in range(4))
+    # Pooling vectorises over channels, and a mask has one: laid out as a single image with
+    # `batch * channels` channels, (1, height, width, batch * channels), the same pooling runs
+    # several times faster. Every pixel keeps its own window, so the values are unchanged.
+    images = ops.reshape(ops.transpose(images, (1, 2, 0, 3)), (1, height, width, -1))
+    eroded = _soft_erode(images)
+    skeleton = ops.relu(images - _soft_dilate(eroded))
     for _ in range(iterations):
-        images = _soft_erode(images)
-        delta = ops.relu(images - _soft_dilate(_soft_erode(images)))
+        # Each erosion is reused: it is the next step's image.
+        images, eroded = eroded, _soft_erode(eroded)
+        delta = ops.relu(images - _soft_dilate(eroded))
         skeleton = skeleton + ops.relu(delta - skeleton * delta)
-    return skeleton
+    skeleton = ops.reshape(skeleton, (height, width, batch, channels))
+    return ops.transpose(skeleton, (2, 0, 1, 3))
 
 
 def connectivity_penalty(y_true, y_pred, iterations=5, smooth=1.0):

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from keras.src import testing
 
 from segment.layers import InstanceNormalize, LayerScale, subtract_mean
@@ -27,6 +28,22 @@ def test_instance_normalize_equals_group_normalization(affine):
         ours.set_weights([gamma, beta])
         stock.set_weights([gamma, beta])
     np.testing.assert_allclose(ours(x), stock(x), rtol=1e-5, atol=1e-5)
+
+
+def test_instance_normalize_gradients_equal_group_normalization():
+    x = tf.constant(_feature_maps(seed=2))
+    ours, stock = InstanceNormalize(), keras.layers.GroupNormalization(groups=-1, epsilon=1e-3)
+    upstream = tf.constant(np.random.default_rng(3).normal(size=x.shape).astype("float32"))
+    gradients = []
+    for layer in (ours, stock):
+        layer.build(x.shape)
+        layer.set_weights([np.linspace(0.5, 2.0, 4), np.linspace(-1.0, 1.0, 4)])
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            output = tf.reduce_sum(layer(x) * upstream)
+        gradients.append(tape.gradient(output, [x, *layer.trainable_variables]))
+    for a, b in zip(*gradients):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_instance_normalize_statistics_by_hand():

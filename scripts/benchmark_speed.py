@@ -1,0 +1,469 @@
+"""Throughput of the custom pieces against stock Keras, in one run.
+
+Training images/s of the segmenter as written (InstanceNormalize, StepHalvingSGD,
+SegmentationModel's own train_step) against the same network built from stock Keras
+(GroupNormalization(groups=-1), SGD + ExponentialDecay, plain keras.Model), in float32 and in
+mixed_bfloat16; the cost of the composite loss; XLA; achieved GFLOP/s against the CPU's nominal
+float32 peak; inference and tiled-prediction speed; and the synthetic generator's speed.
+
+Every measurement is repeated, the repeats of all variants are interleaved (variant A, B, C,
+then A, B, C again, ...) and the median is reported, so that load from other processes hits
+every variant alike: on a shared machine compare the ratios, not the absolute numbers.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from segment.data import synthetic_arrays, synthetic_dataset  # noqa: E402
+from segment.inference import predict_probability  # noqa: E402
+from segment.layers import InstanceNormalize  # noqa: E402
+from segment.losses import CompositeLoss  # noqa: E402
+from segment.model import SegmentationModel, build_model  # noqa: E402
+from segment.optimizers import StepHalvingSGD  # noqa: E402
+
+EPILOG = """\
+examples:
+  python scripts/benchmark_speed.py                      # full run, a few minutes on 2 cores
+  python scripts/benchmark_speed.py --json speed.json    # also write the numbers as JSON
+  python scripts/benchmark_speed.py --quick              # tiny sizes, seconds (the test suite)
+  python scripts/benchmark_speed.py --repeats 5 --no-xla
+  python scripts/benchmark_speed.py --quick --xla --json /tmp/speed.json
+
+The table printed at the end is Markdown, ready for the README's "Performance" section.
+"""
+
+POLICIES = ("float32", "mixed_bfloat16")
+LEARNING_RATE = 0.01
+HALVE_EVERY = 1000
+
+# Sizes of the full run and of --quick (which the test suite runs).
+FULL = {
+    "size": 128, "batch_size": 16, "steps": 5, "repeats": 3,
+    "inference_size": 256, "inference_batch": 8,
+    "tiled_size": 2048, "tile": 512, "overlap": 64,
+    "generator_batches": 8, "base_filters": 16, "depth": 3,
+}
+QUICK = {
+    "size": 32, "batch_size": 4, "steps": 3, "repeats": 1,
+    "inference_size": 32, "inference_batch": 2,
+    "tiled_size": 96, "tile": 64, "overlap": 16,
+    "generator_batches": 2, "base_filters": 4, "depth": 2,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The machine
+
+
+def cpu_peak():
+    """This CPU's nominal float32 peak: cores x nominal GHz x FLOPs per cycle per core.
+
+    FLOPs per cycle assume two FMA units per core (an FMA is 2 FLOPs): 2 x 16 lanes x 2 = 64
+    with AVX-512, 2 x 8 x 2 = 32 with AVX2/FMA, 8 otherwise. The clock is the nominal one from
+    /proc/cpuinfo (`cpu MHz`, the base/TSC clock on a VM), not the turbo clock.
+    """
+    model, mhz, flags = platform.processor() or "unknown", None, ""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        model = re.search(r"^model name\s*:\s*(.+)$", text, re.M).group(1).strip()
+        mhz = float(re.search(r"^cpu MHz\s*:\s*([\d.]+)$", text, re.M).group(1))
+        flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M).group(1).split()
+    except (OSError, AttributeError):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if "avx512f" in flags:
+        simd, flops_per_cycle = "AVX-512", 64
+    elif "fma" in flags:
+        simd, flops_per_cycle = "AVX2+FMA", 32
+    else:
+        simd, flops_per_cycle = "unknown SIMD", 8
+    ghz = (mhz or 0.0) / 1000.0
+    return {
+        "model": model,
+        "cores": cores,
+        "nominal_ghz": ghz,
+        "simd": simd,
+        "flops_per_cycle_per_core": flops_per_cycle,
+        "amx_bf16": "amx_bf16" in flags,
+        "peak_gflops_fp32": cores * ghz * flops_per_cycle,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+
+
+def forward_flops(settings, height, width):
+    """FLOPs of one image's forward pass through the convolutions, counted analytically.
+
+    `2 * H_out * W_out * C_in * C_out * k_h * k_w` per Conv2D (one multiply and one add per
+    weight per output pixel). Bias, normalisation and activations are left out: a few FLOPs per
+    element against hundreds. The shapes come from the same network built at a fixed size.
+    """
+    model = build_model(
+        (height, width, 3), base_filters=settings["base_filters"], depth=settings["depth"]
+    )
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, out_height, out_width, _ = layer.output.shape
+            total += 2 * out_height * out_width * int(np.prod(layer.kernel.shape))
+    return total
+
+
+def stock_twin(model):
+    """The same network from stock Keras: GroupNormalization(groups=-1), plain keras.Model.
+
+    Every InstanceNormalize is replaced by `GroupNormalization(groups=-1)` with the same
+    epsilon and dtype policy; everything else is cloned as it is and the weights are copied,
+    so the two compute the same function.
+    """
+
+    def clone(layer):
+        if isinstance(layer, InstanceNormalize):
+            return keras.layers.GroupNormalization(
+                groups=-1, epsilon=layer.epsilon, dtype=layer.dtype_policy, name=layer.name
+            )
+        return layer.__class__.from_config(layer.get_config())
+
+    cloned = keras.models.clone_model(model, clone_function=clone)
+    twin = keras.Model(cloned.input, cloned.output, name=f"{model.name}_stock")
+    twin.set_weights(model.get_weights())
+    if isinstance(twin, SegmentationModel) or twin.count_params() != model.count_params():
+        raise RuntimeError(
+            f"The stock twin must be a plain keras.Model with {model.count_params()} "
+            f"parameters, got {type(twin).__name__} with {twin.count_params()}"
+        )
+    return twin
+
+
+def build_pair(policy, settings):
+    """(custom, stock) models under `policy`, with the same weights."""
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        keras.utils.set_random_seed(0)
+        custom = build_model(base_filters=settings["base_filters"], depth=settings["depth"])
+        stock = stock_twin(custom)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    return custom, stock
+
+
+def compile_custom(model, loss="mse", jit_compile=False):
+    model.compile(
+        optimizer=StepHalvingSGD(LEARNING_RATE, momentum=0.9, halve_every=HALVE_EVERY),
+        loss=loss,
+        jit_compile=jit_compile,
+    )
+    return model
+
+
+def compile_stock(model, loss="mse"):
+    schedule = keras.optimizers.schedules.ExponentialDecay(
+        LEARNING_RATE, HALVE_EVERY, 0.5, staircase=True
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(schedule, momentum=0.9), loss=loss, jit_compile=False
+    )
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+
+
+class _BatchClock(keras.callbacks.Callback):
+    """Records when each training batch ends.
+
+    The rate is taken between the first and the last batch of a `fit` call, which leaves out
+    the iterator start-up and the end-of-epoch work that `fit` does once per call.
+    """
+
+    def on_train_begin(self, logs=None):
+        self.times = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter())
+
+
+def training_rate(model, images, masks, batch_size):
+    """Images per second of `model.fit` over the batches after the first."""
+    clock = _BatchClock()
+    model.fit(
+        images, masks, batch_size=batch_size, epochs=1, shuffle=False, verbose=0,
+        callbacks=[clock],
+    )
+    timed_batches = len(clock.times) - 1
+    return batch_size * timed_batches / (clock.times[-1] - clock.times[0])
+
+
+def interleaved(measures, repeats, description):
+    """`repeats` interleaved calls of each `name -> function returning a value`.
+
+    Returns:
+        dict `name -> list of values`, one per repeat, in repeat order.
+    """
+    values = {name: [] for name in measures}
+    with tqdm(total=repeats * len(measures), desc=description, unit="run", leave=True) as bar:
+        for _ in range(repeats):
+            for name, measure in measures.items():
+                bar.set_postfix_str(name)
+                values[name].append(measure())
+                bar.update()
+    return values
+
+
+def paired_ratio(numerators, denominators):
+    """Median over repeats of the ratio within each repeat.
+
+    Both values of a pair were measured one right after the other, under the same load, so
+    their ratio is steadier than the ratio of two medians.
+    """
+    return statistics.median(a / b for a, b in zip(numerators, denominators))
+
+
+def _seconds(function):
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark
+
+
+def run_benchmark(settings, *, xla=True):
+    """Measure everything; returns the results dict that `--json` writes."""
+    size, batch_size, steps = settings["size"], settings["batch_size"], settings["steps"]
+    repeats = settings["repeats"]
+    cpu = cpu_peak()
+    images, masks = synthetic_arrays(batch_size * steps, size=size, seed=0)
+
+    print("building the custom and stock models in float32 and mixed_bfloat16 ...", flush=True)
+    models = {}
+    for policy in POLICIES:
+        custom, stock = build_pair(policy, settings)
+        models[f"custom_{policy}"] = compile_custom(custom)
+        models[f"stock_{policy}"] = compile_stock(stock)
+    models["custom_float32_composite"] = compile_custom(
+        build_pair("float32", settings)[0], loss=CompositeLoss()
+    )
+    if xla:
+        for policy in POLICIES:
+            models[f"custom_{policy}_xla"] = compile_custom(
+                build_pair(policy, settings)[0], jit_compile=True
+            )
+
+    def train(name):
+        return lambda: training_rate(models[name], images, masks, batch_size)
+
+    for name in tqdm(models, desc="warm-up (tracing, compiling)", unit="model"):
+        train(name)()
+    samples = interleaved({name: train(name) for name in models}, repeats, "training")
+    rates = {name: statistics.median(values) for name, values in samples.items()}
+
+    # Every repeat's value is kept too, to judge the noise behind each median.
+    results = {"cpu": cpu, "settings": {**settings, "xla": xla}, "samples": {}}
+    results["samples"]["train_img_s"] = samples
+    train_flops = 3 * forward_flops(settings, size, size)
+    results["training_gflop_per_image"] = train_flops / 1e9
+    for policy in POLICIES:
+        custom, stock = rates[f"custom_{policy}"], rates[f"stock_{policy}"]
+        results[f"train_custom_{policy}_img_s"] = custom
+        results[f"train_stock_{policy}_img_s"] = stock
+        results[f"train_ratio_custom_stock_{policy}"] = paired_ratio(
+            samples[f"custom_{policy}"], samples[f"stock_{policy}"]
+        )
+        results[f"train_custom_{policy}_gflops"] = custom * train_flops / 1e9
+        if xla:
+            results[f"train_custom_{policy}_xla_img_s"] = rates[f"custom_{policy}_xla"]
+            results[f"xla_speedup_{policy}"] = paired_ratio(
+                samples[f"custom_{policy}_xla"], samples[f"custom_{policy}"]
+            )
+    for kind in ("custom", "stock"):
+        results[f"bf16_speedup_{kind}"] = paired_ratio(
+            samples[f"{kind}_mixed_bfloat16"], samples[f"{kind}_float32"]
+        )
+    results["train_custom_float32_composite_img_s"] = rates["custom_float32_composite"]
+    results["composite_loss_cost_ratio"] = paired_ratio(
+        samples["custom_float32"], samples["custom_float32_composite"]
+    )
+
+    # Inference: the custom models, one batch at inference_size.
+    inference_size, inference_batch = settings["inference_size"], settings["inference_batch"]
+    batch = synthetic_arrays(inference_batch, size=inference_size, seed=1)[0]
+
+    def infer(policy):
+        model = models[f"custom_{policy}"]
+        return lambda: inference_batch / _seconds(lambda: model.predict_on_batch(batch))
+
+    for policy in POLICIES:
+        infer(policy)()  # traces the predict function at this size
+    inference = interleaved({policy: infer(policy) for policy in POLICIES}, repeats, "inference")
+    results["samples"]["inference_img_s"] = inference
+    results["inference_bf16_speedup"] = paired_ratio(
+        inference["mixed_bfloat16"], inference["float32"]
+    )
+    inference = {policy: statistics.median(values) for policy, values in inference.items()}
+    inference_flops = forward_flops(settings, inference_size, inference_size)
+    results["inference_gflop_per_image"] = inference_flops / 1e9
+    for policy in POLICIES:
+        results[f"inference_{policy}_img_s"] = inference[policy]
+        results[f"inference_{policy}_gflops"] = inference[policy] * inference_flops / 1e9
+
+    # One large image through tiled prediction.
+    large = synthetic_arrays(1, size=settings["tiled_size"], seed=2)[0][0]
+
+    def tiled(policy):
+        model = models[f"custom_{policy}"]
+        return lambda: _seconds(
+            lambda: predict_probability(
+                model, large, tile=settings["tile"], overlap=settings["overlap"]
+            )
+        )
+
+    for policy in POLICIES:
+        tiled(policy)()
+    tiled_seconds = interleaved({policy: tiled(policy) for policy in POLICIES}, repeats, "tiled")
+    results["samples"]["tiled_seconds"] = tiled_seconds
+    for policy in POLICIES:
+        results[f"tiled_{policy}_seconds"] = statistics.median(tiled_seconds[policy])
+
+    # The synthetic generator: its tf.data stream, as training consumes it.
+    stream = iter(synthetic_dataset(size=size, batch_size=batch_size, seed=3))
+    next(stream)  # starts the pipeline's workers
+
+    def generate():
+        count = settings["generator_batches"]
+        return count * batch_size / _seconds(lambda: [next(stream) for _ in range(count)])
+
+    results["generator_img_s"] = statistics.median(
+        interleaved({"generator": generate}, repeats, "generator")["generator"]
+    )
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def _percent(gflops, peak):
+    return f"{gflops:.1f} ({100 * gflops / peak:.0f}%)" if peak else f"{gflops:.1f}"
+
+
+def markdown_table(results):
+    """The results as a Markdown table plus a few lines of notes."""
+    settings, cpu = results["settings"], results["cpu"]
+    size, batch_size = settings["size"], settings["batch_size"]
+    peak = cpu["peak_gflops_fp32"]
+    rows = [
+        (f"training, custom (img/s, {size}x{size}, batch {batch_size})",
+         "{:.1f}", "train_custom_{}_img_s"),
+        ("training, stock Keras (img/s)", "{:.1f}", "train_stock_{}_img_s"),
+        ("ratio custom / stock", "{:.2f}", "train_ratio_custom_stock_{}"),
+    ]
+    if settings["xla"]:
+        rows.append(("training, custom with XLA (img/s)", "{:.1f}", "train_custom_{}_xla_img_s"))
+        rows.append(("XLA speed-up", "{:.2f}", "xla_speedup_{}"))
+    rows.append((f"inference (img/s, {settings['inference_size']}x{settings['inference_size']})",
+                 "{:.1f}", "inference_{}_img_s"))
+    rows.append((f"tiled prediction, one {settings['tiled_size']}x{settings['tiled_size']} "
+                 f"image (s, tile {settings['tile']})", "{:.2f}", "tiled_{}_seconds"))
+    lines = ["| measurement | float32 | mixed_bfloat16 |", "|---|---:|---:|"]
+    for label, number, key in rows:
+        cells = [number.format(results[key.format(policy)]) for policy in POLICIES]
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    for label, key in (("training GFLOP/s (% of fp32 peak)", "train_custom_{}_gflops"),
+                       ("inference GFLOP/s (% of fp32 peak)", "inference_{}_gflops")):
+        cells = [_percent(results[key.format(policy)], peak) for policy in POLICIES]
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    notes = [
+        "",
+        f"- mixed_bfloat16 / float32 speed-up: training {results['bf16_speedup_custom']:.2f}x "
+        f"(stock Keras {results['bf16_speedup_stock']:.2f}x), inference "
+        f"{results['inference_bf16_speedup']:.2f}x.",
+        f"- Loss: the throughput rows use MSE for both models. The composite loss (MSE + TV "
+        f"excess + soft clDice) trains at {results['train_custom_float32_composite_img_s']:.1f} "
+        f"img/s in float32: {results['composite_loss_cost_ratio']:.2f}x the time of MSE.",
+        f"- Synthetic generator (tf.data, {size}x{size}): {results['generator_img_s']:.0f} img/s.",
+        f"- FLOPs counted from the convolutions: {results['training_gflop_per_image']:.2f} GFLOP "
+        f"per training image (3x forward), {results['inference_gflop_per_image']:.2f} GFLOP per "
+        f"{settings['inference_size']}x{settings['inference_size']} inference image.",
+        f"- Nominal fp32 peak {peak:.0f} GFLOP/s = {cpu['cores']} cores x "
+        f"{cpu['nominal_ghz']:.2f} GHz (nominal, /proc/cpuinfo) x "
+        f"{cpu['flops_per_cycle_per_core']} FLOP/cycle ({cpu['simd']}, 2 FMA units); CPU: "
+        f"{cpu['model']}.",
+        f"- Medians of {settings['repeats']} interleaved repeats (ratios: median of the ratios "
+        f"within each repeat); training rates exclude each fit's first batch.",
+    ]
+    return "\n".join(lines + notes)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults and keeps the example epilog's line breaks."""
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=EPILOG,
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes and one repeat: seconds, for tests (numbers meaningless)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help=f"interleaved repeats per measurement; unset: {FULL['repeats']}, "
+                             f"or {QUICK['repeats']} with --quick")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"training batches per timed fit, at least 2; unset: {FULL['steps']}, "
+                             f"or {QUICK['steps']} with --quick")
+    parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,
+                        help="also train with XLA (jit_compile=True); unset: on, or off with "
+                             "--quick (compiling takes longer than the rest of a quick run)")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT",
+                        help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    for name in ("repeats", "steps"):
+        value = getattr(args, name)
+        minimum = 2 if name == "steps" else 1
+        if value is not None and value < minimum:
+            parser.error(f"--{name} must be at least {minimum}, got {value}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    # Seven models are traced on purpose; TensorFlow's retracing warning would only be noise.
+    tf.get_logger().setLevel("ERROR")
+    settings = dict(QUICK if args.quick else FULL)
+    for name in ("repeats", "steps"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    xla = (not args.quick) if args.xla is None else args.xla
+    results = run_benchmark(settings, xla=xla)
+    table = markdown_table(results)
+    print()
+    print(table)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"\nresults written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
