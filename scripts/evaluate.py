@@ -3,7 +3,6 @@
 import argparse
 import csv
 import json
-import math
 import os
 import sys
 import time
@@ -57,8 +56,8 @@ the rest.
 - precision: share of predicted foreground that is true; recall: share of true foreground found.
 - accuracy: share of all pixels labelled correctly.
 - boundary F1: DAVIS boundary F-measure, outlines matched within ceil(0.008 × diagonal) px.
-- HD95 px: 95th-percentile distance between the outlines, in pixels (inf when exactly one mask
-  is empty, which makes the mean inf).
+- HD95 px: 95th-percentile distance between the outlines, in pixels (the image diagonal when
+  exactly one mask is empty).
 - B0 err: |objects predicted − true objects| (8-connected); B1 err: |holes predicted − true holes|.
 - spurious: predicted specks that touch no true foreground pixel.
 - s/image: seconds to segment one image (after one untimed warm-up call).
@@ -195,8 +194,6 @@ def write_per_image_csv(path, rows):
 
 def _mean_std(values, number_format):
     mean = values.mean()
-    if not math.isfinite(mean):  # an inf HD95 makes the spread meaningless
-        return str(mean)
     return f"{number_format.format(mean)} ± {number_format.format(values.std())}"
 
 
@@ -309,7 +306,7 @@ def main(argv=None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         write_per_image_csv(args.out / "per_image.csv", rows)
         with open(args.out / "summary.json", "w", encoding="utf-8") as handle:
-            json.dump(summarize(rows), handle, indent=2)  # inf (HD95) is written as Infinity
+            json.dump(summarize(rows), handle, indent=2)
         write_report(args.out / "report.md", rows, data_folder=folder, image_count=len(pairs))
         if args.worst > 0:
             write_png(args.out / "worst.png", worst_sheet(pairs, methods, rows, count=args.worst))

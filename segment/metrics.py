@@ -312,9 +312,9 @@ def hd95(pred, gt, *, percentile=95.0):
 
     Returns
     -------
-    float >= 0. Both masks empty: 0.0. Exactly one empty: inf (no boundary to measure to), the
-    same as `skimage.metrics.hausdorff_distance`; means over images that include such a case
-    are therefore inf.
+    float >= 0. Both masks empty: 0.0. Exactly one empty: the image diagonal, the largest
+    distance the image allows (the BraTS convention; `skimage.metrics.hausdorff_distance` gives
+    inf here, which would make every mean over images inf).
 
     Examples
     --------
@@ -328,7 +328,7 @@ def hd95(pred, gt, *, percentile=95.0):
     if not pred_boundary.any() and not gt_boundary.any():
         return 0.0
     if not pred_boundary.any() or not gt_boundary.any():
-        return math.inf
+        return math.hypot(*pred.shape)
     return float(
         max(
             np.percentile(_distances_to(gt_boundary, pred_boundary), percentile),
@@ -460,8 +460,7 @@ def mean_metrics(preds, gts):
 
     Returns
     -------
-    dict[str, float] keyed by `METRIC_NAMES`: the arithmetic mean over images (inf for `hd95`
-    if any image had exactly one empty mask).
+    dict[str, float] keyed by `METRIC_NAMES`: the arithmetic mean over images.
 
     Examples
     --------

@@ -108,12 +108,13 @@ CASES = {
              boundary_f1=1.0, hd95=0.0, b0_error=0, b1_error=0, spurious=0),
     ),
     # Empty prediction: no predicted pixel is wrong (precision 1, DAVIS), one missed (recall 0),
-    # accuracy 8/9, HD95 inf (no boundary to measure to), components 0 vs 1.
+    # accuracy 8/9, HD95 the diagonal sqrt(3^2 + 3^2) (no boundary to measure to),
+    # components 0 vs 1.
     "empty prediction": (
         mask(["...", "...", "..."]),
         mask(["...", ".#.", "..."]),
         dict(iou=0.0, dice=0.0, precision=1.0, recall=0.0, pixel_accuracy=8 / 9,
-             boundary_f1=0.0, hd95=math.inf, b0_error=1, b1_error=0, spurious=0),
+             boundary_f1=0.0, hd95=math.sqrt(18), b0_error=1, b1_error=0, spurious=0),
     ),
     # Empty truth: the predicted pixel is wrong (precision 0), nothing missed (recall 1),
     # and it is a spurious component.
@@ -121,7 +122,7 @@ CASES = {
         mask(["...", ".#.", "..."]),
         mask(["...", "...", "..."]),
         dict(iou=0.0, dice=0.0, precision=0.0, recall=1.0, pixel_accuracy=8 / 9,
-             boundary_f1=0.0, hd95=math.inf, b0_error=1, b1_error=0, spurious=1),
+             boundary_f1=0.0, hd95=math.sqrt(18), b0_error=1, b1_error=0, spurious=1),
     ),
 }
 
@@ -178,11 +179,14 @@ def test_hd95_agrees_with_skimage_where_it_must():
         expected = hausdorff_distance(_independent_boundary(a), _independent_boundary(b))
         assert metrics.hd95(a, b, percentile=100) == pytest.approx(expected)
         assert metrics.hd95(a, b) <= metrics.hd95(a, b, percentile=100) + 1e-12
-    # Empty cases follow skimage's convention.
+    # Empty cases: both empty agrees with skimage (0); exactly one empty is the image diagonal
+    # where skimage says inf, so that means over images stay finite.
     empty, dot = np.zeros((2, 4, 4), bool)
     dot[1, 2] = True
-    for a, b in [(empty, empty), (empty, dot), (dot, empty)]:
-        assert metrics.hd95(a, b) == hausdorff_distance(a, b)
+    assert metrics.hd95(empty, empty) == hausdorff_distance(empty, empty) == 0.0
+    for a, b in [(empty, dot), (dot, empty)]:
+        assert hausdorff_distance(a, b) == np.inf
+        assert metrics.hd95(a, b) == pytest.approx(np.hypot(4, 4))
 
 
 def test_hd95_is_symmetric():
