@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from segment.cli import HelpFormatter  # noqa: E402
 from segment.data import synthetic_arrays, synthetic_dataset  # noqa: E402
 from segment.inference import predict_probability  # noqa: E402
 from segment.layers import InstanceNormalize  # noqa: E402
@@ -413,15 +414,11 @@ def markdown_table(results):
     return "\n".join(lines + notes)
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults and keeps the example epilog's line breaks."""
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog=EPILOG,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and one repeat: seconds, for tests (numbers meaningless)")
