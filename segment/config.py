@@ -13,12 +13,13 @@ class TrainConfig:
 
     data: str | None = None  # image/mask folder; None trains on synthetic shapes made on the fly
     out: str | None = None  # run folder; None means runs/<timestamp>
-    epochs: int = 12  # 12 x 60 steps x 16 images fits the 10-minute budget on 2 CPU cores
+    epochs: int = 14  # 14 x 60 steps x 16 images: about 8 minutes on 2 CPU cores
     steps_per_epoch: int = 60
     batch_size: int = 16
     size: int = 96  # training crops; the network is fully convolutional, so any size predicts
     loss: str = "composite"  # a key of segment.losses.LOSSES
-    lr: float = 0.05  # StepHalvingSGD's initial rate
+    lr: float = 0.4  # StepHalvingSGD's initial rate; MSE-based losses have small gradients
+    # (4 epochs of a sweep: 0.05 -> IoU 0.83, 0.15 -> 0.89, 0.4 -> 0.93, 1.0 diverged)
     momentum: float = 0.9
     halve_every: int = 4  # epochs between learning-rate halvings
     seed: int = 0  # one seed for weights, data stream, validation set and augmentation

@@ -84,15 +84,16 @@ class GeneratorConfig:
     )
     # RGB distance between an object's mean colour and the background's (at most sqrt(3)).
     # This is what keeps the foreground learnable: it always differs from the background.
-    color_distance: tuple[float, float] = (0.3, 0.8)
-    # Largest colour change across a gradient (RGB norm from one side to the other).
-    gradient_strength: float = 0.4
+    color_distance: tuple[float, float] = (0.45, 0.9)
+    # Largest colour change across a gradient (RGB norm from one side to the other). Kept
+    # below the smallest colour distance, or a gradient can make an object vanish locally.
+    gradient_strength: float = 0.3
     # Standard deviation a texture adds around its mean colour.
     texture_strength: tuple[float, float] = (0.03, 0.1)
     # Multiplicative illumination field 1 +- this at most (a ramp and a soft spot); 0 = even.
-    illumination: float = 0.2
+    illumination: float = 0.15
     # Contrast scale around the image mean; below 1 washes the image out.
-    contrast: tuple[float, float] = (0.7, 1.0)
+    contrast: tuple[float, float] = (0.8, 1.0)
     # Gaussian blur sigma in pixels; 0 = sharp.
     blur_sigma: tuple[float, float] = (0.0, 1.0)
     # Standard deviation of additive Gaussian noise, in [0, 1] intensity units.
