@@ -12,17 +12,19 @@ from tqdm import tqdm
 import segment
 from segment import data
 from segment.cli import HelpFormatter
-from segment.imageio import DataError
+from segment.imageio import DataError, write_text
 
 EPILOG = """example:
   python scripts/generate_data.py --out data/shapes --count 2000 --difficulty hard --seed 1
 
 Sample i (numbered across all splits) is the same for a given --seed, --size and --difficulty
-on any machine; it equals sample i of segment.data.synthetic_arrays with those arguments."""
+(with the same package versions); it equals sample i of segment.data.synthetic_arrays with
+those arguments and stream=segment.data.DATASET_STREAM, a stream that training never draws
+from, so a generated test set holds no training image."""
 
 
 def split_counts(count, fractions):
-    """Samples per split for fractions like "0.8,0.1,0.1"; train takes the rounding remainder."""
+    """Samples per split for fractions like "0.8,0.1,0.1" (largest remainders get the rest)."""
     try:
         values = [float(part) for part in fractions.split(",")]
     except ValueError:
@@ -33,8 +35,12 @@ def split_counts(count, fractions):
         raise ValueError(
             f"--split needs three fractions >= 0 that sum to 1 (train,val,test), got {fractions!r}"
         )
-    val, test = (round(count * value) for value in values[1:])
-    return dict(zip(data.SPLIT_NAMES, (count - val - test, val, test)))
+    exact = [count * value for value in values]
+    counts = [int(share) for share in exact]
+    by_remainder = sorted(range(3), key=lambda split: exact[split] - counts[split], reverse=True)
+    for split in by_remainder[: count - sum(counts)]:
+        counts[split] += 1
+    return dict(zip(data.SPLIT_NAMES, counts))
 
 
 def main(argv=None) -> int:
@@ -75,6 +81,20 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
+    try:
+        _write_dataset(args, counts, config)
+    except OSError as error:
+        print(f"error: cannot write {args.out}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    written = ", ".join(f"{split}/ {n}" for split, n in counts.items() if n)
+    print(
+        f"wrote {args.out}: {written} image/mask pairs "
+        f"({args.size}x{args.size}, {args.difficulty}) and manifest.json"
+    )
+    return 0
+
+
+def _write_dataset(args, counts, config):
     # Only what this script writes is removed, so a mistyped --out cannot lose other files.
     for name in data.SPLIT_NAMES:
         shutil.rmtree(args.out / name, ignore_errors=True)
@@ -83,7 +103,9 @@ def main(argv=None) -> int:
         start = 0
         for split, split_count in counts.items():
             for index in range(start, start + split_count):
-                image, mask = data.make_sample(data.sample_rng(args.seed, index), args.size, config)
+                image, mask = data.make_sample(
+                    data.sample_rng(args.seed, index, data.DATASET_STREAM), args.size, config
+                )
                 # One pair at a time keeps memory flat for any --count; stems number the stream.
                 data.write_folder(args.out / split, [image], [mask], stems=[f"{index:06d}"])
                 progress.update()
@@ -97,13 +119,7 @@ def main(argv=None) -> int:
         "counts": counts,
         "segment_version": segment.__version__,
     }
-    (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    written = ", ".join(f"{split}/ {n}" for split, n in counts.items() if n)
-    print(
-        f"wrote {args.out}: {written} image/mask pairs "
-        f"({args.size}x{args.size}, {args.difficulty}) and manifest.json"
-    )
-    return 0
+    write_text(args.out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
 
 
 if __name__ == "__main__":

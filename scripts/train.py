@@ -68,7 +68,7 @@ def main(argv=None):
 
     try:
         folder, results = train(config, resume=args.resume, overwrite=args.overwrite)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(

@@ -4,6 +4,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+from segment.imageio import write_text
+
 __all__ = ["TrainConfig"]
 
 
@@ -35,7 +37,7 @@ class TrainConfig:
     threshold: float | None = None  # accept multi-valued --data masks, foreground > threshold
 
     def to_json(self, path):
-        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        write_text(path, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
     @classmethod
     def from_json(cls, path):
@@ -44,4 +46,13 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{path}: unknown settings {unknown}")
+        defaults = cls()
+        for name, value in values.items():
+            default = getattr(defaults, name)
+            if default is None or value is None:  # the optional settings take either
+                continue
+            expected = float if isinstance(default, float) else type(default)
+            if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, expected):
+                if not (expected is float and isinstance(value, int)):
+                    raise ValueError(f"{path}: {name} must be {expected.__name__}, got {value!r}")
         return cls(**values)

@@ -38,6 +38,7 @@ __all__ = [
     "load_pairs",
     "make_sample",
     "sample_rng",
+    "DATASET_STREAM",
     "split_pairs",
     "synthetic_arrays",
     "synthetic_dataset",
@@ -213,9 +214,14 @@ def _texture_bank():
     return tuple(bank)
 
 
-def sample_rng(seed, index):
-    """The random generator of sample `index` in the stream of `seed`."""
-    return np.random.default_rng([seed, index])
+# Datasets written to disk draw from their own stream, so a folder generated with seed `s`
+# never repeats the images a training run with seed `s` sees on the fly.
+DATASET_STREAM = 1
+
+
+def sample_rng(seed, index, stream=0):
+    """The random generator of sample `index` in the stream of `seed` (0: training streams)."""
+    return np.random.default_rng([seed, index] if stream == 0 else [seed, index, stream])
 
 
 def _size_hw(size):
@@ -430,21 +436,25 @@ def make_sample(rng, size, config):
     return _degrade(rng, image, config), mask
 
 
-def synthetic_arrays(count, *, size=128, difficulty="medium", seed=0, **overrides):
+def synthetic_arrays(count, *, size=128, difficulty="medium", seed=0, stream=0, **overrides):
     """Generate `count` samples in memory.
 
     Args:
         count: number of samples.
         size: image side, or `(height, width)`. Defaults to 128.
         difficulty: preset name. Defaults to `"medium"`.
-        seed: stream seed; sample `i` uses `sample_rng(seed, i)`. Defaults to 0.
+        seed: stream seed; sample `i` uses `sample_rng(seed, i, stream)`. Defaults to 0.
+        stream: 0 for the training streams, `DATASET_STREAM` for what `generate_data.py`
+            writes. Defaults to 0.
         **overrides: generator settings replacing the preset's (see `GeneratorConfig`).
 
     Returns:
         `(images, masks)`: float32 `(count, height, width, 3)` and `(count, height, width, 1)`.
     """
     config = generator_config(difficulty, **overrides)
-    return _stack([make_sample(sample_rng(seed, index), size, config) for index in range(count)])
+    return _stack(
+        [make_sample(sample_rng(seed, index, stream), size, config) for index in range(count)]
+    )
 
 
 def _stack(samples):

@@ -18,6 +18,7 @@ __all__ = [
     "read_image",
     "read_mask",
     "write_png",
+    "write_text",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -170,10 +171,20 @@ def write_png(path, array):
     ok, encoded = cv2.imencode(".png", array)
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")
+    _write_atomically(path, encoded)
+
+
+def write_text(path, text):
+    """Write a text file atomically (UTF-8): a temporary file in the same folder, then rename."""
+    _write_atomically(Path(path), text.encode("utf-8"))
+
+
+def _write_atomically(path, payload):
+    """Write bytes to `path` so that readers see the old file or the new one, never half."""
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
     try:
         with os.fdopen(descriptor, "wb") as handle:
-            handle.write(encoded)
+            handle.write(payload)
         # mkstemp creates the file private (0600); give it the permissions of a normal file.
         os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)

@@ -1,6 +1,7 @@
 """`train(config) -> run folder`: the whole training job, callable from a script or a test."""
 
 import csv
+import io
 import json
 import shutil
 import sys
@@ -13,7 +14,7 @@ import tensorflow as tf
 
 from segment import data, metrics
 from segment.config import TrainConfig
-from segment.imageio import DataError
+from segment.imageio import DataError, write_text
 from segment.losses import LOSSES
 from segment.model import build_model
 from segment.optimizers import StepHalvingSGD
@@ -41,17 +42,21 @@ def _check(config):
 
 
 def _prepare_run_folder(config, *, resume, overwrite):
+    """The run folder, checked and created; also whether this call created it."""
     if resume:
         folder = Path(resume)
         if not (folder / "config.json").is_file():
             raise DataError(f"{folder}: not a run folder (no config.json) to resume")
-        return folder
+        if not (folder / _BACKUP).exists() and (folder / "model.keras").exists():
+            raise DataError(f"{folder}: this run already finished; start a new one with --out")
+        return folder, False
     folder = Path(config.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise DataError(
             f"{folder}: already exists and is not empty; pass --resume {folder} to continue it "
             "or --overwrite to replace it"
         )
+    created = not folder.exists()
     if overwrite and folder.exists():
         for name in ("model.keras", "history.csv", "metrics.json"):
             (folder / name).unlink(missing_ok=True)
@@ -61,7 +66,7 @@ def _prepare_run_folder(config, *, resume, overwrite):
     folder.mkdir(parents=True, exist_ok=True)
     config.out = str(folder)
     config.to_json(folder / "config.json")
-    return folder
+    return folder, created
 
 
 def _strategy(name):
@@ -94,6 +99,11 @@ def _datasets(config, start):
         )
         return train, validation
     splits = data.dataset_splits(config.data)
+    if "train" not in splits and "all" not in splits:
+        raise DataError(
+            f"{config.data}: no training images: expected {config.data}/images or "
+            f"{config.data}/train (found only {', '.join(sorted(splits))})"
+        )
     train_pairs = data.find_pairs(splits.get("train", splits.get("all")))
     if "val" in splits:
         val_pairs = data.find_pairs(splits["val"])
@@ -134,10 +144,11 @@ def _history_best(path, initial_epoch):
     with path.open(newline="") as handle:
         rows = [row for row in csv.DictReader(handle) if int(row["epoch"]) < initial_epoch]
     if rows:
-        with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        kept = io.StringIO(newline="")
+        writer = csv.DictWriter(kept, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(path, kept.getvalue())
     else:
         path.unlink()
     losses = [float(row["val_loss"]) for row in rows if row.get("val_loss")]
@@ -174,7 +185,9 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
     if resume:
         config = TrainConfig.from_json(Path(resume) / "config.json")
     _check(config)
-    folder = _prepare_run_folder(config, resume=resume, overwrite=overwrite)
+    if config.data is not None:
+        data.dataset_splits(config.data)  # a missing or empty folder fails before any output
+    folder, created = _prepare_run_folder(config, resume=resume, overwrite=overwrite)
     keras.utils.set_random_seed(config.seed)
     previous_policy = keras.mixed_precision.global_policy()
     if config.mixed_precision:
@@ -192,8 +205,13 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
         backup.on_train_begin()
         start = int(model.optimizer.iterations.numpy()) * config.batch_size
         initial_epoch = start // (config.batch_size * config.steps_per_epoch)
+        try:
+            train_data, (val_images, val_masks) = _datasets(config, start)
+        except (DataError, ValueError):
+            if created:  # leave nothing behind for a run that never started
+                shutil.rmtree(folder)
+            raise
         best = _history_best(folder / "history.csv", initial_epoch)
-        train_data, (val_images, val_masks) = _datasets(config, start)
 
         checkpoint = keras.callbacks.ModelCheckpoint(
             str(folder / "model.keras"),
@@ -240,5 +258,5 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
             "train_images_per_second": round(trained_images / seconds, 1),
         }
     )
-    (folder / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_text(folder / "metrics.json", json.dumps(results, indent=2) + "\n")
     return folder, results

@@ -44,8 +44,13 @@ def test_writes_splits_and_manifest_that_read_back(generate_data, tmp_path, caps
     assert manifest["segment_version"] == segment.__version__
     assert data.generator_config("hard", **manifest["generator"]) == data.generator_config("hard")
 
-    # Sample i of the stream lands in whichever split holds index i, under stem i.
-    expected_images, expected_masks = data.synthetic_arrays(10, size=32, difficulty="hard", seed=3)
+    # Sample i of the dataset stream lands in whichever split holds index i, under stem i...
+    expected_images, expected_masks = data.synthetic_arrays(
+        10, size=32, difficulty="hard", seed=3, stream=data.DATASET_STREAM
+    )
+    # ...a stream of its own: never the images a training run with the same seed sees.
+    training_images, _ = data.synthetic_arrays(10, size=32, difficulty="hard", seed=3)
+    assert not any(np.array_equal(a, b) for a, b in zip(expected_images, training_images))
     read = {
         split: data.load_pairs(data.find_pairs(path))
         for split, path in data.dataset_splits(out).items()
@@ -76,7 +81,15 @@ def test_refuses_a_non_empty_out_unless_overwrite(generate_data, tmp_path, capsy
     assert generate_data.main([*argv, "--overwrite"]) == 0
     assert not (out / "train" / "images" / "stale.png").exists()  # the old split is replaced
     assert (out / "notes.txt").read_text() == "keep me"  # what the script does not write stays
-    assert len(data.find_pairs(out / "train")) == 4
+    # 4 samples at 0.8/0.1/0.1 are 3.2/0.4/0.4: whole parts 3/0/0, the spare one to val.
+    assert len(data.find_pairs(out / "train")) == 3
+    assert len(data.find_pairs(out / "val")) == 1
+
+
+def test_split_counts_never_go_negative_or_ignore_a_zero_fraction(generate_data):
+    assert generate_data.split_counts(3, "0,0.5,0.5") == {"train": 0, "val": 2, "test": 1}
+    assert generate_data.split_counts(1, "0,0,1") == {"train": 0, "val": 0, "test": 1}
+    assert generate_data.split_counts(1000, "0.8,0.1,0.1") == {"train": 800, "val": 100, "test": 100}
 
 
 @pytest.mark.parametrize("split", ["0.8,0.1", "0.5,0.5,0.5", "a,b,c"])

@@ -119,3 +119,21 @@ def test_unpaired_files_and_existing_out_are_refused(train_script, tmp_path, cap
     assert train_script.main(TINY + ["--out", str(tmp_path / "b")]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (tmp_path / "b" / "keep.txt").read_text() == "mine"
+
+
+def test_a_finished_run_is_not_resumed_over(train_script, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_script.main(TINY + ["--out", str(out)]) == 0
+    before = (out / "history.csv").read_text()
+    assert train_script.main(["--resume", str(out)]) == 2
+    assert "already finished" in capsys.readouterr().err
+    assert (out / "history.csv").read_text() == before
+
+
+def test_a_dataset_without_training_images_leaves_no_run_folder(train_script, tmp_path, capsys):
+    images, masks = data.synthetic_arrays(2, size=32, difficulty="easy", seed=1)
+    data.write_folder(tmp_path / "shapes" / "test", images, masks)
+    out = tmp_path / "run"
+    assert train_script.main(TINY + ["--data", str(tmp_path / "shapes"), "--out", str(out)]) == 2
+    assert "no training images" in capsys.readouterr().err
+    assert not out.exists()
