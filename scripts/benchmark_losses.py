@@ -104,7 +104,7 @@ def build_parser():
         description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter
     )
     add = parser.add_argument
-    add("--out", type=Path, metavar="DIR", required=True, default=argparse.SUPPRESS,
+    add("--out", type=Path, metavar="DIR", default=Path("bench/losses"),
         help="benchmark folder (created; an earlier benchmark there is continued)")
     add("--losses", type=choice_list(LOSSES, what="loss(es)"), default=None, metavar="NAMES",
         help=f"comma-separated, from {', '.join(LOSSES)} (default: all; quick: {QUICK['losses']})")

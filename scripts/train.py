@@ -33,15 +33,16 @@ def parse_args(argv):
     add("--data", default=None, help="image/mask folder (DIR/images, DIR/masks, or train/ val/ "
         "splits); default: synthetic shapes generated on the fly")
     add("--out", default=None, help="run folder (default: runs/<timestamp>)")
-    add("--epochs", type=int, default=defaults.epochs)
-    add("--steps-per-epoch", type=int, default=defaults.steps_per_epoch)
-    add("--batch-size", type=int, default=defaults.batch_size)
+    add("--epochs", type=int, default=defaults.epochs, help="training epochs")
+    add("--steps-per-epoch", type=int, default=defaults.steps_per_epoch, help="batches per epoch")
+    add("--batch-size", type=int, default=defaults.batch_size, help="images per batch")
     add("--size", type=int, default=defaults.size, help="training image side; a multiple of 2**depth")
-    add("--loss", choices=sorted(LOSSES), default=defaults.loss)
+    add("--loss", choices=sorted(LOSSES), default=defaults.loss, help="loss (segment.losses.LOSSES)")
     add("--lr", type=float, default=defaults.lr, help="initial learning rate")
-    add("--momentum", type=float, default=defaults.momentum)
+    add("--momentum", type=float, default=defaults.momentum, help="StepHalvingSGD momentum")
     add("--halve-every", type=int, default=defaults.halve_every, help="epochs between halvings of the rate")
-    add("--seed", type=int, default=defaults.seed)
+    add("--seed", type=int, default=defaults.seed,
+        help="seed of the weights, the data stream and the validation set")
     add("--difficulty", choices=("easy", "medium", "hard"), default=defaults.difficulty,
         help="synthetic data preset")
     add("--val-count", type=int, default=defaults.val_count, help="synthetic validation images")
@@ -49,12 +50,13 @@ def parse_args(argv):
         help="fraction of --data held out when it has no val/ folder")
     add("--threshold", type=float, default=None,
         help="accept multi-valued --data masks: foreground where value > threshold * max")
-    add("--base-filters", type=int, default=defaults.base_filters)
-    add("--depth", type=int, default=defaults.depth)
+    add("--base-filters", type=int, default=defaults.base_filters, help="network width at full resolution")
+    add("--depth", type=int, default=defaults.depth, help="2x down-samplings in the U-Net")
     add("--context", choices=("none", "sweep"), default=defaults.context,
         help="sweep: add the recurrent row/column SweepContext block at the bottleneck")
     add("--mixed-precision", action="store_true", help="bfloat16 on CPU, float16 on GPU")
-    add("--strategy", choices=("default", "mirrored", "multiworker"), default=defaults.strategy)
+    add("--strategy", choices=("default", "mirrored", "multiworker"), default=defaults.strategy,
+        help="tf.distribute strategy")
     add("--jit-compile", action="store_true", help="compile the steps with XLA")
     add("--resume", metavar="DIR", default=None, help="continue a run folder from its last epoch")
     add("--overwrite", action="store_true", help="replace the outputs of an existing --out")
