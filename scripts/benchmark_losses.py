@@ -37,6 +37,7 @@ from tqdm import tqdm  # noqa: E402
 from segment.cli import HelpFormatter, choice_list, positive  # noqa: E402
 from segment.data import PRESETS, synthetic_arrays, synthetic_dataset  # noqa: E402
 from segment.imageio import write_png  # noqa: E402
+from segment.inference import error_picture  # noqa: E402
 from segment.losses import LOSSES  # noqa: E402
 from segment.metrics import evaluate_masks  # noqa: E402
 from segment.model import build_model  # noqa: E402
@@ -504,8 +505,6 @@ def bar_chart(summary, *, footer):
 
 _CELL = 128  # samples.png cell side in pixels
 _HEADER = 24
-_FALSE_POSITIVE = (230, 40, 40)
-_FALSE_NEGATIVE = (40, 90, 230)
 
 
 def _cell(picture):
@@ -518,14 +517,6 @@ def _label(cell, text):
     for colour, thickness in ((_BLACK, 3), (_WHITE, 1)):
         cv2.putText(cell, text, (4, _CELL - 6), _FONT, 0.38, colour, thickness, cv2.LINE_AA)
     return cell
-
-
-def _error_picture(predicted, truth):
-    picture = np.zeros(truth.shape + (3,), np.uint8)
-    picture[predicted & truth] = 255
-    picture[predicted & ~truth] = _FALSE_POSITIVE
-    picture[~predicted & truth] = _FALSE_NEGATIVE
-    return picture
 
 
 def samples_sheet(images, masks, predictions_by_loss):
@@ -545,7 +536,7 @@ def samples_sheet(images, masks, predictions_by_loss):
                  _cell(np.repeat(truth[..., None].astype(np.uint8) * 255, 3, axis=2))]
         for predictions in predictions_by_loss.values():
             metrics = evaluate_masks(predictions[index], truth)
-            cell = _cell(_error_picture(predictions[index], truth))
+            cell = _cell(error_picture(predictions[index], truth))
             cells.append(_label(cell, f"IoU {metrics['iou']:.2f}  spur {metrics['spurious']:.0f}"))
         row = np.concatenate(cells, axis=1)
         row[:, _CELL::_CELL] = 30  # thin separators between cells and rows

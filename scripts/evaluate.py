@@ -16,9 +16,9 @@ from tqdm import tqdm  # noqa: E402
 
 from segment.baselines import BASELINES  # noqa: E402
 from segment.cli import HelpFormatter, choice_list, non_negative, probability  # noqa: E402
-from segment.data import dataset_splits, find_pairs  # noqa: E402
-from segment.imageio import DataError, read_image, read_mask, write_png  # noqa: E402
-from segment.inference import load_segmenter, predict_mask  # noqa: E402
+from segment.data import dataset_splits, find_pairs, read_pair  # noqa: E402
+from segment.imageio import DataError, write_png  # noqa: E402
+from segment.inference import error_picture, load_segmenter, predict_mask  # noqa: E402
 from segment.metrics import METRIC_NAMES, evaluate_masks  # noqa: E402
 
 EPILOG = """\
@@ -68,8 +68,6 @@ with correct foreground white, false foreground red and missed foreground blue.
 
 _CELL = 160  # contact-sheet cell side in pixels
 _HEADER = 22  # contact-sheet title row height in pixels
-_FALSE_POSITIVE = (230, 40, 40)
-_FALSE_NEGATIVE = (40, 90, 230)
 
 
 
@@ -127,16 +125,6 @@ def load_methods(model_path, baselines, *, threshold=0.5):
     return methods
 
 
-def _read_pair(image_path, mask_path):
-    image, mask = read_image(image_path), read_mask(mask_path)
-    if image.shape[:2] != mask.shape:
-        raise DataError(
-            f"{image_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
-            f"{mask.shape[1]}x{mask.shape[0]} (width x height)"
-        )
-    return image, mask
-
-
 def evaluate_folder(pairs, methods, *, warm_up=True):
     """Segment every pair with every method at native size; score and time each call.
 
@@ -153,7 +141,7 @@ def evaluate_folder(pairs, methods, *, warm_up=True):
     """
     rows = []
     for index, (image_path, mask_path) in enumerate(tqdm(pairs, desc="evaluating", disable=None)):
-        image, truth = _read_pair(image_path, mask_path)
+        image, truth = read_pair(image_path, mask_path)
         for name, method in methods.items():
             if warm_up and index == 0:
                 method(image)
@@ -231,14 +219,6 @@ def _fit(picture, *, nearest):
     return cell
 
 
-def _error_picture(predicted, truth):
-    picture = np.zeros(truth.shape + (3,), np.uint8)
-    picture[predicted & truth] = 255
-    picture[predicted & ~truth] = _FALSE_POSITIVE
-    picture[~predicted & truth] = _FALSE_NEGATIVE
-    return picture
-
-
 def _label(cell, text, *, bottom=False):
     """Small white text with a dark outline, readable on any background."""
     origin = (4, _CELL - 6 if bottom else 14)
@@ -267,13 +247,13 @@ def worst_sheet(pairs, methods, rows, *, count):
                     (255, 255, 255), 1, cv2.LINE_AA)
     sheet_rows = [header]
     for _, file in ranked[:count]:
-        image, truth = _read_pair(*by_file[file])
+        image, truth = read_pair(*by_file[file])
         cells = [
             _label(_fit(np.round(image * 255).astype(np.uint8), nearest=False), file),
             _fit(np.repeat(truth[..., None].astype(np.uint8) * 255, 3, axis=2), nearest=True),
         ]
         for name, method in methods.items():
-            cell = _fit(_error_picture(method(image), truth), nearest=True)
+            cell = _fit(error_picture(method(image), truth), nearest=True)
             cells.append(_label(cell, f"IoU {iou_of[name, file]:.3f}", bottom=True))
         sheet_rows.append(np.concatenate(cells, axis=1))
     return np.concatenate(sheet_rows, axis=0)

@@ -36,6 +36,7 @@ __all__ = [
     "folder_dataset",
     "generator_config",
     "load_pairs",
+    "read_pair",
     "make_sample",
     "sample_rng",
     "DATASET_STREAM",
@@ -646,7 +647,15 @@ def split_pairs(pairs, *, val_fraction=0.1, seed=0):
     return train, val
 
 
-def _read_pair(image_path, mask_path, threshold):
+def read_pair(image_path, mask_path, *, threshold=None):
+    """Read an image and its mask, checking they have the same size.
+
+    Returns:
+        `(image, mask)`: float32 RGB `(H, W, 3)` in [0, 1] and bool `(H, W)`.
+
+    Raises:
+        DataError: either file unreadable, a non-binary mask, or sizes that differ.
+    """
     image = read_image(image_path)
     mask = read_mask(mask_path, threshold=threshold)
     if image.shape[:2] != mask.shape:
@@ -654,6 +663,11 @@ def _read_pair(image_path, mask_path, threshold):
             f"{image_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
             f"{mask.shape[1]}x{mask.shape[0]} (width x height)"
         )
+    return image, mask
+
+
+def _read_training_pair(image_path, mask_path, threshold):
+    image, mask = read_pair(image_path, mask_path, threshold=threshold)
     return image, mask[..., None].astype(np.float32)
 
 
@@ -690,7 +704,7 @@ def load_pairs(pairs, *, size=None, threshold=None):
     if not pairs:
         raise ValueError("No image/mask pairs given")
     samples = [
-        _read_pair(image, mask, threshold)
+        _read_training_pair(image, mask, threshold)
         for image, mask in tqdm(pairs, desc="reading", disable=None)
     ]
     if size is None:
@@ -766,7 +780,7 @@ def folder_dataset(
     keep_side = int(np.ceil(min(shape) / _CROP_FRACTION[0]))
     images, masks = [], []
     for image_path, mask_path in tqdm(pairs, desc="reading", disable=None):
-        image, mask = _read_pair(image_path, mask_path, threshold)
+        image, mask = _read_training_pair(image_path, mask_path, threshold)
         if not augment:
             image, mask = _resize(image, mask, shape)
         elif min(image.shape[:2]) > keep_side:

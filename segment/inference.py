@@ -33,6 +33,7 @@ import segment  # noqa: F401
 from segment.imageio import DataError, is_image_file, read_image, write_png
 
 __all__ = [
+    "error_picture",
     "OUTPUT_KINDS",
     "clean_mask",
     "collect_inputs",
@@ -455,6 +456,19 @@ def _to_uint8(image):
     if image.dtype == np.uint8:
         return image
     return cv2.convertScaleAbs(image, alpha=255.0)  # rounds and saturates, no float copy
+
+
+def error_picture(predicted, truth):
+    """An RGB picture of a prediction against the truth, for contact sheets.
+
+    White: correct foreground; red: false foreground; blue: missed foreground; black: correct
+    background. Both arguments are bool `(H, W)`; returns uint8 `(H, W, 3)`.
+    """
+    picture = np.zeros(truth.shape + (3,), np.uint8)
+    picture[predicted & truth] = 255
+    picture[predicted & ~truth] = (230, 40, 40)
+    picture[~predicted & truth] = (40, 90, 230)
+    return picture
 
 
 def _overlay(rgb, mask):
