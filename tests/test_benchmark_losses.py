@@ -1,27 +1,20 @@
 """scripts/benchmark_losses.py in its quick mode: outputs, resuming, refusing other settings."""
 
 import csv
-import importlib.util
 import math
 import re
 import shutil
-from pathlib import Path
 
 import cv2
 import pytest
+from helpers import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 HEADER = "loss,seed,iou,dice,boundary_f1,hd95,b0_error,b1_error,spurious,train_seconds"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_losses", ROOT / "scripts" / "benchmark_losses.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmark_losses")
 
 
 @pytest.fixture(scope="module")

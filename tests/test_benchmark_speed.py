@@ -1,13 +1,11 @@
 """scripts/benchmark_speed.py in its quick mode: it runs end to end and reports every figure."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import keras
 import pytest
+from helpers import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 
 EXPECTED_NUMBERS = [
     "training_gflop_per_image",
@@ -37,12 +35,7 @@ EXPECTED_NUMBERS = [
 
 @pytest.fixture(scope="module")
 def speed_script():
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_speed", ROOT / "scripts" / "benchmark_speed.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmark_speed")
 
 
 def test_quick_run_writes_every_figure(speed_script, tmp_path, capsys):

@@ -1,7 +1,5 @@
 import csv
-import importlib.util
 import json
-from pathlib import Path
 
 import cv2
 import keras
@@ -9,13 +7,11 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
+from helpers import load_script
 from segment.imageio import write_png
 from segment.metrics import METRIC_NAMES
 
-_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "evaluate.py"
-_spec = importlib.util.spec_from_file_location("evaluate_script", _SCRIPT)
-evaluate = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(evaluate)
+evaluate = load_script("evaluate")
 
 CSV_COLUMNS = ["method", "file", *METRIC_NAMES, "seconds"]
 SUMMARY_KEYS = {*METRIC_NAMES, "seconds", "count"}

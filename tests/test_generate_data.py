@@ -1,22 +1,17 @@
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import segment
+from helpers import load_script
 from segment import data
 
-_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "generate_data.py"
 
 
 @pytest.fixture(scope="module")
 def generate_data():
-    spec = importlib.util.spec_from_file_location("generate_data", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("generate_data")
 
 
 def test_writes_splits_and_manifest_that_read_back(generate_data, tmp_path, capsys):

@@ -1,4 +1,3 @@
-import importlib.util
 import os
 from pathlib import Path
 
@@ -7,12 +6,10 @@ import keras
 import numpy as np
 import pytest
 
+from helpers import load_script
 from test_inference import random_image, tiny_model
 
-_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "predict.py"
-_spec = importlib.util.spec_from_file_location("predict_script", _SCRIPT)
-predict_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(predict_script)
+predict_script = load_script("predict")
 
 
 @pytest.fixture(scope="module")

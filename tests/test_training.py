@@ -1,33 +1,24 @@
 """The training application end to end, on tiny models and images."""
 
 import csv
-import importlib.util
 import json
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+from helpers import load_script
 
 from segment import data
 from segment.config import TrainConfig
 from segment.training import train
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--size", "32", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "4",
         "--val-count", "4", "--base-filters", "4", "--depth", "2"]
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def train_script():
-    return _script("train")
+    return load_script("train")
 
 
 def test_train_writes_a_complete_run_folder(train_script, tmp_path, capsys):
