@@ -57,7 +57,10 @@ def _decode(path):
         raw = np.fromfile(str(path), dtype=np.uint8)
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
-    array = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    try:
+        array = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    except cv2.error as error:  # e.g. beyond OpenCV's pixel limit
+        raise DataError(f"{path}: cannot decode ({error.err or 'OpenCV error'})") from None
     if array is None or array.size == 0:
         raise DataError(f"{path}: not a readable image (corrupt or unsupported format)")
     return array
