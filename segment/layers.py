@@ -13,6 +13,18 @@ from keras import ops
 __all__ = ["ContextGRUCell", "InstanceNormalize", "LayerScale", "SweepContext", "subtract_mean"]
 
 
+def _feature_map_channels(layer_name, input_shape):
+    """The channel count of a `(batch, height, width, channels)` input, checked."""
+    if len(input_shape) != 4:
+        raise ValueError(
+            f"{layer_name} expects a 4D input (batch, height, width, channels), "
+            f"got shape {input_shape}"
+        )
+    if input_shape[-1] is None:
+        raise ValueError(f"The channel axis must be known, got shape {input_shape}")
+    return input_shape[-1]
+
+
 @keras.saving.register_keras_serializable(package="segment")
 def subtract_mean(images):
     """Subtract each image's per-channel mean over its spatial axes.
@@ -93,14 +105,7 @@ class InstanceNormalize(keras.layers.Layer):
         self.supports_masking = True
 
     def build(self, input_shape):
-        if len(input_shape) != 4:
-            raise ValueError(
-                f"InstanceNormalize expects a 4D input (batch, height, width, channels), "
-                f"got shape {input_shape}"
-            )
-        channels = input_shape[-1]
-        if channels is None:
-            raise ValueError(f"The channel axis must be known, got shape {input_shape}")
+        channels = _feature_map_channels("InstanceNormalize", input_shape)
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
         # autocast=False: the weights stay float32 and are used in float32 for the statistics.
         self.gamma = (
@@ -381,14 +386,7 @@ class SweepContext(keras.layers.Layer):
         )
 
     def build(self, input_shape):
-        if len(input_shape) != 4:
-            raise ValueError(
-                f"SweepContext expects a 4D input (batch, height, width, channels), "
-                f"got shape {input_shape}"
-            )
-        channels = input_shape[-1]
-        if channels is None:
-            raise ValueError(f"The channel axis must be known, got shape {input_shape}")
+        channels = _feature_map_channels("SweepContext", input_shape)
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
         self.row_sweep = self._bidirectional_sweep("row")
         # Sequence lengths stay unknown: one built layer serves every image size.
