@@ -81,9 +81,26 @@ def _mixed_precision_policy():
     return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
 
 
-def _datasets(config, start):
-    """The training stream (resumed at sample `start`) and fixed validation arrays."""
-    if config.data is None:
+def _folder_pairs(config):
+    """`(train_pairs, val_pairs)` of `--data`, paired and checked before any output is written."""
+    splits = data.dataset_splits(config.data)
+    if "train" not in splits and "all" not in splits:
+        raise DataError(
+            f"{config.data}: no training images: expected {config.data}/images or "
+            f"{config.data}/train (found only {', '.join(sorted(splits))})"
+        )
+    train_pairs = data.find_pairs(splits.get("train", splits.get("all")))
+    if "val" in splits:
+        return train_pairs, data.find_pairs(splits["val"])
+    return data.split_pairs(train_pairs, val_fraction=config.val_fraction, seed=config.seed)
+
+
+def _datasets(config, pairs, start):
+    """The training stream (resumed at sample `start`) and fixed validation arrays.
+
+    `pairs` is `_folder_pairs(config)` for `--data`, None for the synthetic stream.
+    """
+    if pairs is None:
         train = data.synthetic_dataset(
             size=config.size,
             batch_size=config.batch_size,
@@ -98,19 +115,7 @@ def _datasets(config, start):
             seed=config.seed + _VALIDATION_SEED_OFFSET,
         )
         return train, validation
-    splits = data.dataset_splits(config.data)
-    if "train" not in splits and "all" not in splits:
-        raise DataError(
-            f"{config.data}: no training images: expected {config.data}/images or "
-            f"{config.data}/train (found only {', '.join(sorted(splits))})"
-        )
-    train_pairs = data.find_pairs(splits.get("train", splits.get("all")))
-    if "val" in splits:
-        val_pairs = data.find_pairs(splits["val"])
-    else:
-        train_pairs, val_pairs = data.split_pairs(
-            train_pairs, val_fraction=config.val_fraction, seed=config.seed
-        )
+    train_pairs, val_pairs = pairs
     validation = data.load_pairs(val_pairs, size=config.size, threshold=config.threshold)
     train = data.folder_dataset(
         train_pairs,
@@ -185,8 +190,7 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
     if resume:
         config = TrainConfig.from_json(Path(resume) / "config.json")
     _check(config)
-    if config.data is not None:
-        data.dataset_splits(config.data)  # a missing or empty folder fails before any output
+    pairs = None if config.data is None else _folder_pairs(config)
     folder, created = _prepare_run_folder(config, resume=resume, overwrite=overwrite)
     keras.utils.set_random_seed(config.seed)
     previous_policy = keras.mixed_precision.global_policy()
@@ -206,9 +210,9 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
         start = int(model.optimizer.iterations.numpy()) * config.batch_size
         initial_epoch = start // (config.batch_size * config.steps_per_epoch)
         try:
-            train_data, (val_images, val_masks) = _datasets(config, start)
+            train_data, (val_images, val_masks) = _datasets(config, pairs, start)
         except (DataError, ValueError):
-            if created:  # leave nothing behind for a run that never started
+            if created:  # an unreadable file: leave nothing behind for a run that never started
                 shutil.rmtree(folder)
             raise
         best = _history_best(folder / "history.csv", initial_epoch)
