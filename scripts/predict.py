@@ -22,13 +22,14 @@ examples:
   python scripts/predict.py photos/ --out masks/ --save overlay,cutout
   python scripts/predict.py "scans/**/*.tif" --recursive --model runs/unet/model.keras --out out/
 
-tiling or --resize?
-  By default each image is seen at its own scale: an image larger than --tile is cut into
-  overlapping tiles that are blended without seams, so any size works in bounded memory.
-  This suits models trained on crops, whose objects look the size they look in your images.
-  Use --resize S when the model was trained on whole images of one size S and your images
-  show the same scene at another size: the whole image is resized to SxS, segmented in one
-  pass, and the result resized back to the image's size.
+scale: working size or tiling?
+  A model trained with train.py --data learnt whole images scaled to a working size, and
+  remembers it: each image is scaled (aspect ratio kept) so that its longer side is that
+  size, segmented in one pass, and the result scaled back to the image's own size. A model
+  trained on synthetic shapes learnt at the images' own scale: an image larger than --tile is
+  cut into overlapping tiles that are blended without seams, so any size works in bounded
+  memory. --resize S overrides the model's choice (longer side S; 0: the image's own scale).
+  The threshold, too, is the model's own unless --threshold is given.
 """
 
 
@@ -49,14 +50,16 @@ def build_parser():
     parser.add_argument("--save", type=choice_list(OUTPUT_KINDS, what="output kind(s)"), default=[], metavar="KINDS",
                         help="extra outputs, comma-separated: prob, overlay, cutout "
                              "(the mask is always written)")
-    parser.add_argument("--threshold", type=probability, default=0.5,
-                        help="probability above which a pixel is foreground")
+    parser.add_argument("--threshold", type=probability, default=None,
+                        help="probability above which a pixel is foreground "
+                             "(default: the one saved with the model, 0.5 unless training chose one)")
     parser.add_argument("--tile", type=positive, default=512,
                         help="largest side fed to the network at once; larger images are tiled")
     parser.add_argument("--overlap", type=non_negative, default=64,
                         help="pixels shared by neighbouring tiles, blended across")
-    parser.add_argument("--resize", type=positive, default=None, metavar="S",
-                        help="resize each whole image to SxS instead of tiling")
+    parser.add_argument("--resize", type=non_negative, default=None, metavar="S",
+                        help="scale each image so its longer side is S before segmenting it; "
+                             "0: its own scale (default: the model's working size, saved with it)")
     parser.add_argument("--tta", action="store_true",
                         help="average predictions over flips (4x slower, smoother masks)")
     parser.add_argument("--batch-size", type=positive, default=4,
@@ -103,8 +106,7 @@ def main(argv=None):
         return 2
     try:
         model = load_segmenter(model_path)
-        if args.resize is None:
-            tile_window(model, tile=args.tile, overlap=args.overlap)
+        tile_window(model, tile=args.tile, overlap=args.overlap)
     except ValueError as error:  # a bad model file (DataError) or a tile the model cannot use
         print(f"error: {error}", file=sys.stderr)
         return 2

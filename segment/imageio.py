@@ -17,6 +17,8 @@ __all__ = [
     "is_image_file",
     "read_image",
     "read_mask",
+    "scale_image",
+    "scaled_shape",
     "write_png",
     "write_text",
 ]
@@ -147,6 +149,29 @@ def read_mask(path, *, threshold=None):
         f"{path}: mask is not binary (values {shown}); expected 0/1 or 0/{max_value}, "
         "or pass a threshold"
     )
+
+
+def scaled_shape(shape, side):
+    """`(height, width)` of an image of `shape` scaled so that its longer side is `side`."""
+    height, width = shape[:2]
+    scale = side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def scale_image(image, shape, *, mask=False):
+    """`image` resized to `(height, width)`: area averaging to shrink, bilinear to enlarge.
+
+    With `mask`, nearest neighbour (INTER_NEAREST_EXACT: plain INTER_NEAREST samples half a
+    pixel off the centres the image interpolations use, which would shift a mask against its
+    image), so a binary mask stays binary.
+    """
+    height, width = shape
+    shrinking = height * width < image.shape[0] * image.shape[1]
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    if mask:
+        interpolation = cv2.INTER_NEAREST_EXACT
+    resized = cv2.resize(image, (width, height), interpolation=interpolation)
+    return resized.reshape(height, width, *image.shape[2:])
 
 
 def write_png(path, array):

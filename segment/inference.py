@@ -3,8 +3,8 @@
 A model file is loaded in Keras safe mode only, so a file from elsewhere can never run code.
 Images of any size go through the fully convolutional network either whole (padded up to the
 network's size multiple) or, when larger than a tile, as overlapping tiles that are cross-faded
-where they overlap, so memory stays bounded and no seams show. A model trained at one
-fixed scale can instead see the whole image resized to that scale (`resize=`).
+where they overlap, so memory stays bounded and no seams show. A model trained on whole images
+at a working size (`train.py --data`) carries that size, and images are first scaled to it.
 
 Typical use:
 
@@ -30,7 +30,7 @@ from tqdm import tqdm
 # Importing the package registers every custom class (layers, losses, optimizers, model), which
 # safe-mode loading needs to rebuild a saved segmenter without `custom_objects`.
 import segment  # noqa: F401
-from segment.imageio import DataError, is_image_file, read_image, write_png
+from segment.imageio import DataError, is_image_file, read_image, scale_image, scaled_shape, write_png
 
 __all__ = [
     "error_picture",
@@ -39,6 +39,7 @@ __all__ = [
     "collect_inputs",
     "find_latest_model",
     "load_segmenter",
+    "model_threshold",
     "output_path",
     "predict_mask",
     "predict_probability",
@@ -47,6 +48,7 @@ __all__ = [
     "segment_files",
     "size_multiple",
     "tile_window",
+    "working_size",
 ]
 
 OUTPUT_KINDS = ("mask", "prob", "overlay", "cutout")
@@ -191,21 +193,19 @@ def predict_probability(
 ):
     """Foreground probability for one image of any size, at the image's own size.
 
-    Two ways to fit an image to the network:
+    The image is first brought to the scale the model learnt at: a model trained on whole
+    images scaled to a working size (`train.py --data`) records that size, and every image is
+    scaled, keeping its aspect ratio, so that its longer side has that many pixels; the
+    probability is scaled back at the end. A model trained at the images' own scale (the
+    synthetic default) sees the pixels as they are. Then the network runs on the image:
 
-    - Tiling (the default, `resize=None`): the network sees pixels at their native scale.
-      An image no larger than `tile` is predicted whole, padded by reflection up to the size
-      multiple. A larger one is cut into `tile`-sized windows overlapping by at least `overlap`
-      pixels; each window's prediction is weighted by a ramp across the overlap (zero at the
-      tile's edge, where the network lacks context, then a raised cosine) and the sum is
-      normalised by the total weight, so no seam shows. Memory is one float32
-      `(height, width)` accumulator plus `batch_size` tiles, whatever the image size. Use it
-      for models trained on crops at the scale of the images they will see, which is how
-      fully convolutional models are trained.
-    - Resizing (`resize=S`): the whole image is resized to `S x S` (rounded to the size
-      multiple), predicted in one pass, and the probability resized back. Use it for a model
-      trained on whole images at one fixed size, where what matters is that objects appear at
-      the scale seen in training; memory grows with `S`, not with the image.
+    - An image no larger than `tile` is predicted whole, padded by reflection up to the size
+      multiple.
+    - A larger one is cut into `tile`-sized windows overlapping by at least `overlap` pixels;
+      each window's prediction is weighted by a ramp across the overlap (zero at the tile's
+      edge, where the network lacks context, then a raised cosine) and the sum is normalised
+      by the total weight, so no seam shows. Memory is one float32 `(height, width)`
+      accumulator plus `batch_size` tiles, whatever the image size.
 
     Args:
         model: a `keras.Model` mapping `(batch, h, w, 3)` to sigmoid `(batch, h, w, 1)`.
@@ -216,16 +216,20 @@ def predict_probability(
             `overlap // 4` of a tile edge are discarded, so a larger overlap suits a network
             with a larger receptive field. Defaults to 64.
         tta: average over horizontal and vertical flips (4 passes). Defaults to False.
-        resize: side to resize the whole image to instead of tiling. Defaults to None.
+        resize: the longer side, in pixels, to scale the image to first; 0 for the image's own
+            scale. Defaults to None: the model's own `working_size` (see `working_size`).
         batch_size: tiles per network call. Defaults to 4.
 
     Returns:
         float32 array `(height, width)` with values in [0, 1].
     """
     image = _as_rgb(image)
+    side = working_size(model) if resize is None else resize
+    if side:
+        return _predict_scaled(
+            model, image, side=side, tile=tile, overlap=overlap, tta=tta, batch_size=batch_size
+        )
     multiple = size_multiple(model)
-    if resize is not None:
-        return _predict_resized(model, image, side=resize, multiple=multiple, tta=tta)
     window = tile_window(model, tile=tile, overlap=overlap)
     if batch_size < 1:
         raise ValueError(f"Expected batch_size >= 1, got {batch_size}")
@@ -249,13 +253,29 @@ def predict_probability(
     return np.clip(accumulated, 0.0, 1.0, out=accumulated)
 
 
-def predict_mask(model, image, *, threshold=0.5, min_area=0, fill_holes=0, **predict_options):
+def model_threshold(model):
+    """The probability above which a model's pixel is foreground: its saved setting, or 0.5."""
+    return float(getattr(model, "inference", {}).get("threshold", 0.5))
+
+
+def working_size(model):
+    """The longer image side a model was trained at, or None for its images' own scale.
+
+    Read from the settings saved with a `SegmentationModel` (`model.inference`); any other
+    model is taken to work at the images' own scale.
+    """
+    side = getattr(model, "inference", {}).get("working_size")
+    return int(side) if side else None
+
+
+def predict_mask(model, image, *, threshold=None, min_area=0, fill_holes=0, **predict_options):
     """Binary foreground mask for one image, at the image's own size.
 
     Args:
         model: a `keras.Model`, as for `predict_probability`.
         image: float `(height, width, 3)` RGB in [0, 1].
-        threshold: pixels with probability above it are foreground. Defaults to 0.5.
+        threshold: pixels with probability above it are foreground. Defaults to the model's
+            own (`model_threshold`).
         min_area: remove foreground regions smaller than this many pixels. Defaults to 0 (off).
         fill_holes: fill background holes smaller than this many pixels. Defaults to 0 (off).
         **predict_options: passed to `predict_probability` (`tile`, `overlap`, `tta`, ...).
@@ -264,6 +284,7 @@ def predict_mask(model, image, *, threshold=0.5, min_area=0, fill_holes=0, **pre
         bool array `(height, width)`.
     """
     probability = predict_probability(model, image, **predict_options)
+    threshold = model_threshold(model) if threshold is None else threshold
     return clean_mask(probability > threshold, min_area=min_area, fill_holes=fill_holes)
 
 
@@ -398,14 +419,10 @@ def _run_network(model, batch):
     return output[..., 0].astype(np.float32, copy=False)
 
 
-def _predict_resized(model, image, *, side, multiple, tta):
+def _predict_scaled(model, image, *, side, **predict_options):
     height, width = image.shape[:2]
-    side = max(multiple, round(side / multiple) * multiple)
-    # Area averaging when shrinking avoids aliasing; linear when enlarging.
-    shrinking = side < max(height, width)
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (side, side), interpolation=interpolation)
-    probability = _predict_batch(model, resized[None], tta=tta)[0]
+    scaled = scale_image(image, scaled_shape(image.shape, side))
+    probability = predict_probability(model, scaled, resize=0, **predict_options)
     probability = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
     return np.clip(probability.reshape(height, width), 0.0, 1.0)
 
@@ -558,7 +575,7 @@ def segment_files(
     *,
     save=("mask",),
     overwrite=False,
-    threshold=0.5,
+    threshold=None,
     min_area=0,
     fill_holes=0,
     **predict_options,
@@ -575,7 +592,7 @@ def segment_files(
         out_dir: existing folder for the outputs.
         save: output kinds to write, from `OUTPUT_KINDS`. Defaults to ("mask",).
         overwrite: replace outputs already in `out_dir`. Defaults to False.
-        threshold: see `predict_mask`. Defaults to 0.5.
+        threshold: see `predict_mask`. Defaults to the model's own.
         min_area: see `predict_mask`. Defaults to 0 (off).
         fill_holes: see `predict_mask`. Defaults to 0 (off).
         **predict_options: passed to `predict_probability` (`tile`, `overlap`, `tta`, ...).
@@ -587,6 +604,7 @@ def segment_files(
     if unknown:
         raise ValueError(f"Unknown output kinds {sorted(unknown)}; expected {OUTPUT_KINDS}")
     paths = [Path(path) for path in paths]
+    cut = model_threshold(model) if threshold is None else threshold
     inputs = {path.resolve() for path in paths}
     written_by = {}  # output file -> the input it was written for, in this run
     done, failed = [], []
@@ -598,7 +616,7 @@ def segment_files(
             probability = predict_probability(model, image, **predict_options)
             # The outputs need 8-bit colour only; the float image is four times larger.
             image = _to_uint8(image)
-            mask = clean_mask(probability > threshold, min_area=min_area, fill_holes=fill_holes)
+            mask = clean_mask(probability > cut, min_area=min_area, fill_holes=fill_holes)
             for kind, target in targets.items():
                 write_png(target, render_output(kind, image, probability, mask))
                 written_by[target.resolve()] = path

@@ -5,7 +5,10 @@ import tensorflow as tf
 
 from segment.layers import InstanceNormalize, LayerScale, SweepContext, subtract_mean
 
-__all__ = ["SegmentationModel", "build_model"]
+__all__ = ["DEFAULT_INFERENCE", "SegmentationModel", "build_model"]
+
+# What a saved model tells prediction, unless training recorded otherwise.
+DEFAULT_INFERENCE = {"working_size": None, "threshold": 0.5}
 
 
 def _unscale_for_distribution(loss):
@@ -27,7 +30,27 @@ class SegmentationModel(keras.Model):
     the epoch, per replica.
 
     Build one with `build_model()`; compile it with any loss and optimizer.
+
+    Args:
+        *args, **kwargs: what `keras.Model` takes for a functional model (`inputs`,
+            `outputs`, `name`).
+        inference: what prediction needs to know about how the model was trained, saved
+            with the model so that `predict.py --model M` alone does the right thing:
+            `working_size` (the longer side, in pixels, that images were scaled to in
+            training; None when it learnt at the images' own scale), `threshold` (the
+            probability above which a pixel is foreground). Defaults to
+            `{"working_size": None, "threshold": 0.5}`.
     """
+
+    def __init__(self, *args, inference=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        unknown = sorted(set(inference or {}) - set(DEFAULT_INFERENCE))
+        if unknown:
+            raise ValueError(f"Unknown inference settings {unknown}; known: {sorted(DEFAULT_INFERENCE)}")
+        self.inference = {**DEFAULT_INFERENCE, **(inference or {})}
+
+    def get_config(self):
+        return {**super().get_config(), "inference": dict(self.inference)}
 
     @property
     def size_multiple(self):
@@ -99,6 +122,7 @@ def build_model(
     layer_scale_init=0.1,
     context="none",
     context_units=32,
+    inference=None,
     name="segmenter",
 ):
     """Build the segmenter: a fully convolutional residual U-Net.
@@ -127,6 +151,8 @@ def build_model(
         context: `"none"`, or `"sweep"` to add a `SweepContext` residual branch at the
             bottleneck, giving every pixel context from the whole image. Defaults to `"none"`.
         context_units: GRU units of each sweep direction. Defaults to `32`.
+        inference: settings saved with the model for prediction (see `SegmentationModel`).
+            Defaults to `DEFAULT_INFERENCE`.
         name: model name. Defaults to `"segmenter"`.
 
     Returns:
@@ -174,4 +200,4 @@ def build_model(
     outputs = keras.layers.Conv2D(
         1, 1, activation="sigmoid", dtype="float32", name="probability"
     )(x)
-    return SegmentationModel(inputs=inputs, outputs=outputs, name=name)
+    return SegmentationModel(inputs=inputs, outputs=outputs, name=name, inference=inference)

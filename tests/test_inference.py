@@ -2,6 +2,7 @@ import os
 import tracemalloc
 import zipfile
 
+import cv2
 import keras
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from segment.inference import (
     render_outputs,
     size_multiple,
 )
+from segment.model import build_model
 
 # Receptive-field radius of `tiny_model` in input pixels: 3x3 conv (1), then at half resolution
 # a 3x3 conv (2) and, after upsampling, a 3x3 conv (1), plus up to 1 pixel of pooling-grid offset.
@@ -198,13 +200,37 @@ def test_tta_averages_the_four_flips(model):
     np.testing.assert_allclose(predict_probability(model, image, tta=True), expected, atol=1e-6)
 
 
-def test_resize_mode_returns_native_size_and_is_exact_at_the_trained_size(model):
-    image = random_image(64, 64)
+def test_resize_scales_the_longer_side_and_maps_the_probability_back(model):
+    image = random_image(37, 91)
+    # By hand with OpenCV: longer side 45 (aspect kept: 37 * 45 / 91 = 18.3 -> 18 rows), padded
+    # by reflection to the size multiple (2), predicted, cropped, and scaled back bilinearly.
+    small = cv2.resize(image, (45, 18), interpolation=cv2.INTER_AREA)
+    padded = np.pad(small, ((0, 0), (0, 1), (0, 0)), mode="reflect")
+    expected = model.predict_on_batch(padded[None])[0, :, :45, 0]
+    expected = cv2.resize(np.asarray(expected), (91, 37), interpolation=cv2.INTER_LINEAR)
+    probability = predict_probability(model, image, resize=45)
+    assert probability.shape == (37, 91)
+    np.testing.assert_allclose(probability, np.clip(expected, 0, 1), atol=1e-6)
+    # At its own longer side, scaling is the identity.
+    square = random_image(64, 48)
     np.testing.assert_allclose(
-        predict_probability(model, image, resize=64), predict_probability(model, image), atol=1e-6
+        predict_probability(model, square, resize=64), predict_probability(model, square), atol=1e-6
     )
-    probability = predict_probability(model, random_image(37, 91), resize=63)
-    assert probability.shape == (37, 91) and 0 <= probability.min() <= probability.max() <= 1
+
+
+def test_a_model_with_a_working_size_scales_images_to_it_unless_told_otherwise():
+    keras.utils.set_random_seed(4)
+    model = build_model(base_filters=4, depth=2, inference={"working_size": 24, "threshold": 0.3})
+    image = random_image(50, 70)
+    np.testing.assert_array_equal(
+        predict_probability(model, image), predict_probability(model, image, resize=24)
+    )
+    native = predict_probability(model, image, resize=0)
+    assert not np.allclose(native, predict_probability(model, image))
+    # Its threshold is the default cut too.
+    probability = predict_probability(model, image)
+    np.testing.assert_array_equal(predict_mask(model, image), probability > 0.3)
+    np.testing.assert_array_equal(predict_mask(model, image, threshold=0.6), probability > 0.6)
 
 
 def test_overlap_must_leave_room_for_a_tile_step(model):

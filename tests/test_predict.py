@@ -9,6 +9,10 @@ import pytest
 from helpers import load_script
 from test_inference import random_image, tiny_model
 
+from segment.imageio import read_image
+from segment.inference import predict_probability
+from segment.model import build_model
+
 predict_script = load_script("predict")
 
 
@@ -67,6 +71,27 @@ def test_every_output_kind_is_written_and_readable(tmp_path, model_path, capsys)
     assert sorted(p.name for p in out.iterdir()) == [
         "photo_cutout.png", "photo_mask.png", "photo_overlay.png", "photo_prob.png"
     ]
+
+
+def test_a_model_trained_at_a_working_size_is_applied_as_saved(tmp_path, capsys):
+    keras.utils.set_random_seed(5)
+    model = build_model(base_filters=4, depth=2, inference={"working_size": 24, "threshold": 0.45})
+    path = tmp_path / "run" / "model.keras"
+    path.parent.mkdir()
+    model.save(path)
+    source = write_image(tmp_path / "in" / "photo.png", 50, 70)
+    image = read_image(source)
+    scaled = predict_probability(model, image, resize=24)
+    assert not np.array_equal(scaled > 0.45, predict_probability(model, image, resize=0) > 0.45)
+
+    assert run(source, "--model", path, "--out", tmp_path / "a") == 0
+    mask = cv2.imread(str(tmp_path / "a" / "photo_mask.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(mask > 0, scaled > 0.45)
+    # Explicit flags win over the saved settings.
+    assert run(source, "--model", path, "--out", tmp_path / "b", "--resize", "0",
+               "--threshold", "0.6") == 0
+    mask = cv2.imread(str(tmp_path / "b" / "photo_mask.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(mask > 0, predict_probability(model, image, resize=0) > 0.6)
 
 
 @pytest.mark.parametrize(
@@ -228,4 +253,4 @@ def test_help_explains_tiling_and_resize(capsys):
         predict_script.main(["--help"])
     assert exit.value.code == 0
     text = capsys.readouterr().out
-    assert "--resize" in text and "tiling or --resize?" in text and "(default: 512)" in text
+    assert "--resize" in text and "scale: working size or tiling?" in text and "(default: 512)" in text
