@@ -8,6 +8,7 @@ import pytest
 from skimage.draw import disk
 
 from helpers import load_script
+from segment import evaluation
 from segment.imageio import write_png
 from segment.metrics import METRIC_NAMES
 
@@ -71,7 +72,7 @@ def test_baselines_end_to_end(tmp_path, capsys):
 
     sheet = cv2.imread(str(out / "worst.png"))
     # A title row, then one row per image (3 < --worst 6); image | truth | otsu.
-    assert sheet.shape == (evaluate._HEADER + 3 * evaluate._CELL, 3 * evaluate._CELL, 3)
+    assert sheet.shape == (evaluation._HEADER + 3 * evaluation._CELL, 3 * evaluation._CELL, 3)
 
 
 def test_model_and_baselines(tmp_path, capsys):
@@ -91,7 +92,7 @@ def test_model_and_baselines(tmp_path, capsys):
     _, rows = read_csv(out / "per_image.csv")
     assert len(rows) == 3 * 3
     sheet = cv2.imread(str(out / "worst.png"))
-    assert sheet.shape == (evaluate._HEADER + 2 * evaluate._CELL, 5 * evaluate._CELL, 3)
+    assert sheet.shape == (evaluation._HEADER + 2 * evaluation._CELL, 5 * evaluation._CELL, 3)
 
     # The model alone.
     code, _, _ = run(capsys, "--model", model_path, "--data", data, "--out", out,
@@ -121,11 +122,11 @@ def test_evaluate_folder_scores_and_times_each_method(tmp_path):
         calls.append(image.shape)
         return np.ones(image.shape[:2], bool)
 
-    rows = evaluate.evaluate_folder(pairs, {"everything": everything}, warm_up=True)
+    rows = evaluation.evaluate_folder(pairs, {"everything": everything}, warm_up=True)
     assert len(calls) == 3 + 1  # one untimed warm-up call
     assert [row["file"] for row in rows] == [image.name for image, _ in pairs]
     assert all(row["recall"] == 1.0 and row["iou"] < 1.0 for row in rows)
-    summary = evaluate.summarize(rows)
+    summary = evaluation.summarize(rows)
     assert summary["everything"]["recall"] == 1.0 and summary["everything"]["count"] == 3
 
 
@@ -204,5 +205,6 @@ def test_help_shows_defaults_and_examples(capsys):
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
     assert "examples:\n  python scripts/evaluate.py" in help_text  # line breaks kept
-    assert "otsu,chan_vese,grabcut)" in help_text and "(default: 0.5)" in help_text
+    assert "otsu,chan_vese,grabcut)" in help_text and "(default: 6)" in help_text
+    assert "saved with the model" in help_text and "working size" in help_text
     assert "(default: None)" not in help_text
