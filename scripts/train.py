@@ -1,4 +1,4 @@
-"""Train the segmenter. With no arguments: synthetic `medium` shapes, about 6 minutes on 2 cores."""
+"""Train the segmenter. With no arguments: synthetic shapes, about 6 minutes on 2 cores."""
 
 import argparse
 import os
@@ -9,16 +9,31 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from segment.cli import HelpFormatter  # noqa: E402
 from segment.config import TrainConfig  # noqa: E402
 from segment.losses import LOSSES  # noqa: E402
+from segment.training import DATA_MINUTES, HALVINGS, SYNTHETIC_EPOCHS  # noqa: E402
 from segment.training import train  # noqa: E402
 
-EXAMPLES = """examples:
+EXAMPLES = f"""examples:
   python scripts/train.py                                # synthetic shapes, no download
-  python scripts/train.py --data data/shapes --out runs/mine
+  python scripts/train.py --data photos/ --out runs/mine # your images, {DATA_MINUTES:g} minutes
+  python scripts/train.py --data photos/ --minutes 30    # a longer budget
   python scripts/train.py --loss mse --epochs 4 --mixed-precision
   python scripts/train.py --resume runs/mine             # continue a killed run
 
-The run folder gets config.json, model.keras (best validation loss), history.csv,
-metrics.json and TensorBoard logs/ (tensorboard --logdir runs)."""
+how long:
+  Synthetic shapes train for {SYNTHETIC_EPOCHS} epochs by default, --data for {DATA_MINUTES:g} minutes of
+  wall-clock: training measures this machine's speed first and fixes the epochs that fit
+  (written to config.json), so the learning-rate schedule spans the whole run. --epochs N
+  gives an exactly repeatable run instead. The rate halves {HALVINGS} times, evenly spread over
+  the run, unless --halve-every is given.
+
+--data and the working size:
+  Every image is scaled, keeping its aspect ratio, so that its longer side is the working
+  size (--size; by default the images' median longer side, at most 160), and learnt whole.
+  The model remembers that size: predict.py and evaluate.py scale images the same way.
+
+The run folder gets config.json, model.keras (best validation IoU), history.csv,
+metrics.json (validation images segmented as predict.py segments them, at their own size)
+and TensorBoard logs/ (tensorboard --logdir runs)."""
 
 
 def parse_args(argv):
@@ -33,14 +48,23 @@ def parse_args(argv):
     add("--data", default=None, help="image/mask folder (DIR/images, DIR/masks, or train/ val/ "
         "splits); default: synthetic shapes generated on the fly")
     add("--out", default=None, help="run folder (default: runs/<timestamp>)")
-    add("--epochs", type=int, default=defaults.epochs, help="training epochs")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, default=None,
+                        help=f"training epochs (default: {SYNTHETIC_EPOCHS} on synthetic shapes; "
+                        "with --data, what fits in --minutes)")
+    length.add_argument("--minutes", type=float, default=None,
+                        help="wall-clock budget; training fits its epochs to it (default: "
+                        f"{DATA_MINUTES:g} with --data)")
     add("--steps-per-epoch", type=int, default=defaults.steps_per_epoch, help="batches per epoch")
     add("--batch-size", type=int, default=defaults.batch_size, help="images per batch")
-    add("--size", type=int, default=defaults.size, help="training image side; a multiple of 2**depth")
+    add("--size", type=int, default=None,
+        help="synthetic: training crop side (default 96); --data: working size, the longer "
+        "side images are scaled to (default: their median, at most 160); a multiple of 2**depth")
     add("--loss", choices=sorted(LOSSES), default=defaults.loss, help="loss (segment.losses.LOSSES)")
     add("--lr", type=float, default=defaults.lr, help="initial learning rate")
     add("--momentum", type=float, default=defaults.momentum, help="StepHalvingSGD momentum")
-    add("--halve-every", type=int, default=defaults.halve_every, help="epochs between halvings of the rate")
+    add("--halve-every", type=int, default=None,
+        help=f"epochs between halvings of the rate (default: {HALVINGS} halvings spread over the run)")
     add("--seed", type=int, default=defaults.seed,
         help="seed of the weights, the data stream and the validation set")
     add("--difficulty", choices=("easy", "medium", "hard"), default=defaults.difficulty,

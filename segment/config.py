@@ -15,15 +15,23 @@ class TrainConfig:
 
     data: str | None = None  # image/mask folder; None trains on synthetic shapes made on the fly
     out: str | None = None  # run folder; None means runs/<timestamp>
-    epochs: int = 14  # 14 x 60 steps x 16 images: about 6 minutes on 2 CPU cores
+    # Length of the run: `epochs`, or a wall-clock budget in `minutes` from which training
+    # works out the epochs (recorded here once known). With neither: 14 epochs on synthetic
+    # shapes (about 6 minutes on 2 CPU cores), DATA_MINUTES minutes on --data.
+    epochs: int | None = None
+    minutes: float | None = None
     steps_per_epoch: int = 60
     batch_size: int = 16
-    size: int = 96  # training crops; the network is fully convolutional, so any size predicts
+    # The side the network sees in training. Synthetic shapes: crops of size x size, learnt
+    # and predicted at their own scale. --data: the working size, the longer side every image
+    # is scaled to (in training and, as saved with the model, in prediction); None chooses it
+    # from the images (`segment.training.choose_working_size`).
+    size: int | None = None
     loss: str = "composite"  # a key of segment.losses.LOSSES
     lr: float = 0.4  # StepHalvingSGD's initial rate; MSE-based losses have small gradients
     # (4 epochs of a sweep: 0.05 -> IoU 0.83, 0.15 -> 0.89, 0.4 -> 0.93, 1.0 diverged)
     momentum: float = 0.9
-    halve_every: int = 4  # epochs between learning-rate halvings
+    halve_every: int | None = None  # epochs between rate halvings; None: HALVINGS spread over the run
     seed: int = 0  # one seed for weights, data stream, validation set and augmentation
     difficulty: str = "medium"  # synthetic preset: easy, medium or hard
     val_count: int = 64  # synthetic validation images (a fixed set, drawn from its own seed)

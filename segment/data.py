@@ -23,13 +23,27 @@ import skimage.draw
 import tensorflow as tf
 from tqdm import tqdm
 
-from segment.imageio import DataError, is_image_file, read_image, read_mask, write_png
+from segment.imageio import (
+    DataError,
+    is_image_file,
+    read_image,
+    read_mask,
+    scale_image,
+    scaled_shape,
+    write_png,
+)
 
 __all__ = [
+    "DIFFICULTIES",
+    "MIXTURES",
+    "Mixture",
     "PRESETS",
     "SHAPE_KINDS",
     "APPEARANCE_KINDS",
     "SPLIT_NAMES",
+    "add_gaussian_noise",
+    "add_salt_and_pepper",
+    "scale_contrast",
     "GeneratorConfig",
     "dataset_splits",
     "find_pairs",
@@ -46,8 +60,11 @@ __all__ = [
     "write_folder",
 ]
 
-SHAPE_KINDS = ("disk", "ellipse", "rectangle", "triangle", "star", "polygon", "ring", "bar")
-APPEARANCE_KINDS = ("flat", "gradient", "texture")
+SHAPE_KINDS = (
+    "disk", "ellipse", "rectangle", "triangle", "star", "polygon", "ring", "bar",
+    "silhouette", "curve", "blob", "holed",
+)
+APPEARANCE_KINDS = ("flat", "gradient", "texture", "photo", "pattern")
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -102,6 +119,9 @@ class GeneratorConfig:
     noise_std: tuple[float, float] = (0.0, 0.04)
     # Fraction of pixels set to pure black or white (salt and pepper).
     salt_pepper: tuple[float, float] = (0.0, 0.003)
+    # JPEG quality the finished image is compressed at, as a camera or a web page would;
+    # 100 leaves it uncompressed.
+    jpeg_quality: tuple[int, int] = (100, 100)
 
     def __post_init__(self):
         for name, weights, known in (
@@ -151,39 +171,99 @@ PRESETS = {
         noise_std=(0.02, 0.1),
         salt_pepper=(0.0, 0.02),
     ),
+    # Everything a user's picture may hold on top of "medium": every shape family (animal-like
+    # silhouettes, thin curves, blobs, objects with holes), photos of things and procedural
+    # patterns as surfaces, more and larger objects, blur and JPEG compression.
+    "varied": GeneratorConfig(
+        object_count=(1, 6),
+        object_size=(0.06, 0.35),
+        shape_weights=dict.fromkeys(SHAPE_KINDS, 1.0),
+        appearance_weights={"flat": 0.2, "gradient": 0.2, "texture": 0.25, "photo": 0.2,
+                            "pattern": 0.15},
+        color_distance=(0.3, 0.9),
+        texture_strength=(0.03, 0.15),
+        illumination=0.3,
+        contrast=(0.6, 1.0),
+        blur_sigma=(0.0, 1.5),
+        noise_std=(0.0, 0.05),
+        salt_pepper=(0.0, 0.005),
+        jpeg_quality=(30, 100),
+    ),
+    # "varied" scenes through a poor sensor: strong Gaussian and impulse noise.
+    "noisy": GeneratorConfig(
+        object_count=(1, 6),
+        object_size=(0.06, 0.35),
+        shape_weights=dict.fromkeys(SHAPE_KINDS, 1.0),
+        appearance_weights={"flat": 0.2, "gradient": 0.2, "texture": 0.25, "photo": 0.2,
+                            "pattern": 0.15},
+        color_distance=(0.35, 0.9),
+        texture_strength=(0.03, 0.15),
+        illumination=0.3,
+        contrast=(0.6, 1.0),
+        blur_sigma=(0.0, 1.2),
+        noise_std=(0.05, 0.22),
+        salt_pepper=(0.0, 0.1),
+        jpeg_quality=(40, 100),
+    ),
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class Mixture:
+    """Generator settings for a stream whose every sample comes from one of several presets,
+    drawn by weight: `{preset name: (weight, GeneratorConfig)}`."""
+
+    parts: dict[str, tuple[float, GeneratorConfig]]
+
+    def pick(self, rng):
+        """The settings of one sample, drawn with `rng`."""
+        return self.parts[_choose(rng, {name: weight for name, (weight, _) in self.parts.items()})][1]
+
+
+# Streams mixing presets, by weight. "mixed" is what the default model trains on: clean and
+# noisy, plain and textured, easy and hard scenes in one stream.
+MIXTURES = {
+    "mixed": {"easy": 1.0, "medium": 2.0, "varied": 3.0, "hard": 2.0, "noisy": 3.0},
+}
+DIFFICULTIES = (*PRESETS, *MIXTURES)
+
+
 def generator_config(difficulty="medium", **overrides):
-    """A preset with some knobs replaced.
+    """A preset (or a mixture of presets) with some knobs replaced.
 
     Args:
-        difficulty: `"easy"`, `"medium"` or `"hard"`. Defaults to `"medium"`.
+        difficulty: a preset (`"easy"`, `"medium"`, `"hard"`, `"varied"`, `"noisy"`) or a
+            mixture of them (`"mixed"`). Defaults to `"medium"`.
         **overrides: `GeneratorConfig` fields to replace, e.g. `noise_std=(0, 0)`.
 
     Returns:
-        A new `GeneratorConfig`.
+        A new `GeneratorConfig`, or a `Mixture` of them (the overrides apply to every part).
 
     Raises:
         ValueError: unknown difficulty, unknown knob or invalid value.
     """
-    if difficulty not in PRESETS:
-        raise ValueError(f"Unknown difficulty {difficulty!r}; expected one of {list(PRESETS)}")
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"Unknown difficulty {difficulty!r}; expected one of {list(DIFFICULTIES)}")
     known = {field.name for field in dataclasses.fields(GeneratorConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"Unknown generator settings {unknown}; known: {sorted(known)}")
     # JSON and argparse give lists; the dataclass validates (low, high) tuples.
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    if difficulty in MIXTURES:
+        return Mixture({
+            name: (weight, dataclasses.replace(PRESETS[name], **overrides))
+            for name, weight in MIXTURES[difficulty].items()
+        })
     return dataclasses.replace(PRESETS[difficulty], **overrides)
 
 
 # --------------------------------------------------------------------------------------------
 # Synthetic samples
 
-# Photos shipped inside scikit-image (no download) that look like surfaces. Photos of things
-# (coins, rocket, camera, coffee cup) are left out: their discs and bars would be unlabelled
-# objects in the background.
+# Photos shipped inside scikit-image (no download). "texture" draws from photos that look like
+# surfaces; "photo" from photos of things (coins, a camera, a rocket, a page of text...), whose
+# own discs, bars and letters are unlabelled structure the model must learn to leave alone.
 _TEXTURE_SOURCES = (
     "brick",
     "grass",
@@ -193,16 +273,18 @@ _TEXTURE_SOURCES = (
     "hubble_deep_field",
     "immunohistochemistry",
 )
+_PHOTO_SOURCES = (
+    "astronaut", "camera", "cell", "clock", "coffee", "coins", "page", "retina", "rocket", "text",
+)
 _TEXTURE_SIDE = (
     256  # bank resolution: crops of 30-100% of it cover 128 px images without much upscaling
 )
 
 
-@functools.cache
-def _texture_bank():
-    """Zero-mean, unit-std float32 (side, side, 3) textures, built once per process."""
+def _square_bank(names):
+    """Zero-mean, unit-std float32 (side, side, 3) squares of scikit-image photos."""
     bank = []
-    for name in _TEXTURE_SOURCES:
+    for name in names:
         photo = getattr(skimage.data, name)()
         if photo.ndim == 2:
             photo = np.repeat(photo[..., None], 3, axis=2)
@@ -213,6 +295,65 @@ def _texture_bank():
         square = cv2.resize(square, (_TEXTURE_SIDE, _TEXTURE_SIDE), interpolation=cv2.INTER_AREA)
         bank.append((square - square.mean()) / max(float(square.std()), 1e-6))
     return tuple(bank)
+
+
+@functools.cache
+def _texture_bank():
+    """The surface photos, built once per process."""
+    return _square_bank(_TEXTURE_SOURCES)
+
+
+@functools.cache
+def _photo_bank():
+    """The photos of things, built once per process."""
+    return _square_bank(_PHOTO_SOURCES)
+
+
+def _pattern(rng, shape):
+    """A zero-mean, unit-std procedural (H, W, 3) pattern: clouds, stripes or a checkerboard,
+    in one colour direction or per channel."""
+    height, width = shape
+    kind = rng.integers(3)
+    if kind == 0:  # clouds: octaves of smooth noise
+        field = np.zeros(shape, np.float32)
+        for octave in range(rng.integers(2, 5)):
+            cells = 2 ** (octave + 2)
+            noise = rng.standard_normal((cells, cells)).astype(np.float32)
+            field += cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC) / 2**octave
+    else:
+        angle = rng.uniform(0, np.pi)
+        period = rng.uniform(0.04, 0.3) * max(shape)
+        rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+        along = (rows * np.sin(angle) + cols * np.cos(angle)) * np.float32(2 * np.pi / period)
+        if kind == 1:  # stripes
+            field = np.sin(along)
+        else:  # checkerboard
+            across = (cols * np.sin(angle) - rows * np.cos(angle)) * np.float32(2 * np.pi / period)
+            field = np.sign(np.sin(along) * np.sin(across))
+    field = ((field - field.mean()) / max(float(field.std()), 1e-6)).astype(np.float32)
+    direction = rng.normal(size=3)
+    direction *= np.sqrt(3) / np.linalg.norm(direction)
+    return cv2.merge([field * np.float32(channel) for channel in direction])
+
+
+def _bank_crop(rng, bank, shape, image_side):
+    """A random crop of a random bank square at a random scale, flipped and transposed: one
+    photo yields many textures. The whole image spans 30-100% of the bank square."""
+    height, width = shape
+    texture = bank[rng.integers(len(bank))]
+    bank_pixels_per_pixel = rng.uniform(0.3, 1.0) * _TEXTURE_SIDE / image_side
+    transpose = rng.random() < 0.5
+    out_h, out_w = (width, height) if transpose else (height, width)
+    crop_h, crop_w = (
+        min(_TEXTURE_SIDE, max(2, round(side * bank_pixels_per_pixel))) for side in (out_h, out_w)
+    )
+    top = rng.integers(_TEXTURE_SIDE - crop_h + 1)
+    left = rng.integers(_TEXTURE_SIDE - crop_w + 1)
+    patch = cv2.resize(texture[top : top + crop_h, left : left + crop_w], (out_w, out_h))
+    if transpose:
+        patch = patch.transpose(1, 0, 2)
+    flip_rows, flip_cols = rng.random(2) < 0.5
+    return patch[:: -1 if flip_rows else 1, :: -1 if flip_cols else 1]
 
 
 # Datasets written to disk draw from their own stream, so a folder generated with seed `s`
@@ -259,7 +400,8 @@ def _plus_colour(pattern, colour):
 
 
 def _appearance(rng, shape, colour, config, *, image_side):
-    """An (H, W, 3) float32 surface: `colour` plus a zero-mean flat, gradient or texture pattern.
+    """An (H, W, 3) float32 surface: `colour` plus a zero-mean flat, gradient, texture (surface
+    photo), photo (of things) or procedural pattern.
 
     `image_side` (the longer side of the whole image) sets the texture scale, so that an object's
     texture has the same grain as a background's.
@@ -278,23 +420,12 @@ def _appearance(rng, shape, colour, config, *, image_side):
         return _plus_colour(
             cv2.merge([ramp * np.float32(channel_step) for channel_step in step]), colour
         )
-    bank = _texture_bank()
-    texture = bank[rng.integers(len(bank))]
-    # A random crop at a random scale, flipped and transposed: one photo yields many textures.
-    # The whole image spans 30-100% of the bank texture.
-    bank_pixels_per_pixel = rng.uniform(0.3, 1.0) * _TEXTURE_SIDE / image_side
-    transpose = rng.random() < 0.5
-    out_h, out_w = (width, height) if transpose else (height, width)
-    crop_h, crop_w = (
-        min(_TEXTURE_SIDE, max(2, round(side * bank_pixels_per_pixel))) for side in (out_h, out_w)
-    )
-    top = rng.integers(_TEXTURE_SIDE - crop_h + 1)
-    left = rng.integers(_TEXTURE_SIDE - crop_w + 1)
-    patch = cv2.resize(texture[top : top + crop_h, left : left + crop_w], (out_w, out_h))
-    if transpose:
-        patch = patch.transpose(1, 0, 2)
-    flip_rows, flip_cols = rng.random(2) < 0.5
-    patch = patch[:: -1 if flip_rows else 1, :: -1 if flip_cols else 1]
+    if kind == "pattern":
+        patch = _pattern(rng, shape)
+    else:
+        patch = _bank_crop(
+            rng, _texture_bank() if kind == "texture" else _photo_bank(), shape, image_side
+        )
     return _plus_colour(patch * np.float32(rng.uniform(*config.texture_strength)), colour)
 
 
@@ -344,10 +475,108 @@ def _object_pixels(rng, shape, config):
         angles = rotation + np.arange(2 * points) * np.pi / points
         radii = np.where(np.arange(2 * points) % 2 == 0, radius, radius * rng.uniform(0.4, 0.6))
         return _polygon(shape, centre, radii, angles)
-    # "polygon": irregular, but vertices sorted by angle around the centre never self-intersect.
-    vertices = rng.integers(5, 11)
-    angles = np.sort(rng.uniform(0, 2 * np.pi, vertices))
-    return _polygon(shape, centre, radius * rng.uniform(0.5, 1.0, vertices), angles)
+    if kind == "polygon":
+        # Irregular, but vertices sorted by angle around the centre never self-intersect.
+        vertices = rng.integers(5, 11)
+        angles = np.sort(rng.uniform(0, 2 * np.pi, vertices))
+        return _polygon(shape, centre, radius * rng.uniform(0.5, 1.0, vertices), angles)
+    canvas = np.zeros(shape, dtype=np.uint8)
+    if kind == "silhouette":
+        _draw_silhouette(rng, canvas, centre, radius, rotation)
+    elif kind == "curve":
+        _draw_curve(rng, canvas, centre, radius, min(shape))
+    elif kind == "blob":
+        _draw_blob(rng, canvas, centre, radius)
+    else:  # "holed": a disc, ellipse or polygon with one to three holes punched in it
+        _draw_holed(rng, canvas, centre, radius, rotation)
+    return np.nonzero(canvas)
+
+
+def _cv_point(row, col):
+    # OpenCV takes (x, y) integer points; 4 fractional bits keep sub-pixel placement.
+    return (int(round(col * 16)), int(round(row * 16)))
+
+
+def _draw_ellipse(canvas, centre, axes, angle, value=1):
+    """A filled ellipse: `axes` (along, across) in pixels; the first axis points along
+    `(row, col) = (sin(angle), cos(angle))`."""
+    cv2.ellipse(
+        canvas, _cv_point(*centre), (int(round(axes[0] * 16)), int(round(axes[1] * 16))),
+        np.degrees(angle), 0, 360, value, thickness=-1, lineType=cv2.LINE_8, shift=4,
+    )
+
+
+def _draw_path(canvas, points, thickness):
+    """A thick polyline through `(row, col)` points, with round joints and ends."""
+    path = np.array([_cv_point(*point) for point in points], dtype=np.int32)
+    cv2.polylines(canvas, [path], False, 1, thickness=max(1, int(round(thickness))),
+                  lineType=cv2.LINE_8, shift=4)
+
+
+def _draw_silhouette(rng, canvas, centre, radius, rotation):
+    """An animal-like outline: a body, a head on a neck, thin legs and a tail, all joined."""
+    along = np.array([np.sin(rotation), np.cos(rotation)])  # (row, col) of the body's axis
+    across = np.array([along[1], -along[0]])
+    body = (radius, radius * rng.uniform(0.35, 0.55))
+    _draw_ellipse(canvas, centre, body, rotation)
+    leg_width = max(1.5, radius * rng.uniform(0.08, 0.14))
+    down = across * rng.choice([-1.0, 1.0])
+    for offset in np.linspace(-0.7, 0.7, rng.integers(2, 5)) + rng.uniform(-0.1, 0.1):
+        hip = centre + along * offset * body[0]
+        foot = hip + down * radius * rng.uniform(0.8, 1.4) + along * radius * rng.uniform(-0.2, 0.2)
+        _draw_path(canvas, [hip, foot], leg_width)
+    end = rng.choice([-1.0, 1.0])
+    shoulder = centre + along * end * body[0] * 0.8
+    head = shoulder + (along * end - down) * radius * rng.uniform(0.4, 0.7)
+    _draw_path(canvas, [shoulder, head], leg_width * 1.8)
+    _draw_ellipse(canvas, head, (radius * 0.3, radius * 0.18), rng.uniform(0, np.pi))
+    tail_root = centre - along * end * body[0] * 0.95
+    tail = [tail_root + (-along * end * t + down * t * t * rng.uniform(-0.8, 0.8)) * radius
+            for t in np.linspace(0, rng.uniform(0.5, 1.0), 6)]
+    _draw_path(canvas, tail, leg_width * 0.7)
+
+
+def _draw_curve(rng, canvas, centre, radius, side):
+    """A thin, smoothly bending band: a quadratic Bezier curve, 2 to 6% of the side wide."""
+    start, control, finish = (centre + rng.uniform(-1.6, 1.6, 2) * radius for _ in range(3))
+    t = np.linspace(0, 1, 24)[:, None]
+    points = (1 - t) ** 2 * start + 2 * (1 - t) * t * control + t**2 * finish
+    _draw_path(canvas, points, max(2.0, rng.uniform(0.02, 0.06) * side))
+
+
+def _draw_blob(rng, canvas, centre, radius):
+    """An organic blob: smooth random noise over the object's box, thresholded; it may come
+    in several parts and with holes."""
+    side = max(4, int(round(2 * radius)))
+    noise = cv2.resize(rng.standard_normal((5, 5)).astype(np.float32), (side, side),
+                       interpolation=cv2.INTER_CUBIC)
+    rows, cols = np.mgrid[-1:1:side * 1j, -1:1:side * 1j]
+    field = noise - 1.5 * (rows**2 + cols**2)  # fade out towards the box's edge
+    inside = (field > np.quantile(field, rng.uniform(0.55, 0.8))).astype(np.uint8)
+    top, left = int(round(centre[0] - side / 2)), int(round(centre[1] - side / 2))
+    rows, cols = np.nonzero(inside)
+    rows, cols = rows + top, cols + left
+    keep = (rows >= 0) & (rows < canvas.shape[0]) & (cols >= 0) & (cols < canvas.shape[1])
+    canvas[rows[keep], cols[keep]] = 1
+
+
+def _draw_holed(rng, canvas, centre, radius, rotation):
+    """A disc, ellipse or polygon with one to three elliptical holes inside it."""
+    outline = rng.integers(3)
+    if outline == 0:
+        _draw_ellipse(canvas, centre, (radius, radius), 0.0)
+    elif outline == 1:
+        _draw_ellipse(canvas, centre, (radius, radius * rng.uniform(0.6, 0.9)), rotation)
+    else:
+        angles = np.sort(rng.uniform(0, 2 * np.pi, 8))
+        radii = radius * rng.uniform(0.8, 1.0, 8)
+        points = [centre + r * np.array([np.sin(a), np.cos(a)]) for r, a in zip(radii, angles)]
+        cv2.fillPoly(canvas, [np.array([_cv_point(*pt) for pt in points], np.int32)], 1, shift=4)
+    for _ in range(rng.integers(1, 4)):
+        distance, angle = rng.uniform(0, 0.45) * radius, rng.uniform(0, 2 * np.pi)
+        hole = centre + distance * np.array([np.sin(angle), np.cos(angle)])
+        size = radius * rng.uniform(0.12, 0.28)
+        _draw_ellipse(canvas, hole, (size, size * rng.uniform(0.5, 1.0)), rng.uniform(0, np.pi), 0)
 
 
 def _illumination_gain(rng, shape, strength):
@@ -390,19 +619,49 @@ def _degrade(rng, image, config):
     strength = rng.uniform(0, config.illumination)
     if strength > 0:
         image = cv2.multiply(image, cv2.merge([_illumination_gain(rng, shape, strength)] * 3))
-    contrast = np.float32(rng.uniform(*config.contrast))
-    image = image * contrast + image.mean() * (1 - contrast)
+    image = scale_contrast(image, rng.uniform(*config.contrast))
     sigma = rng.uniform(*config.blur_sigma)
     if sigma > 0.05:
         image = cv2.GaussianBlur(image, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
-    noise_std = rng.uniform(*config.noise_std)
-    if noise_std > 0:
-        image += _gaussian_noise(rng, shape) * np.float32(noise_std)
-    fraction = rng.uniform(*config.salt_pepper)
+    image = add_gaussian_noise(rng, image, rng.uniform(*config.noise_std))
+    image = add_salt_and_pepper(rng, image, rng.uniform(*config.salt_pepper))
+    image = np.clip(image, 0, 1, out=image)
+    if config.jpeg_quality[0] < 100:
+        quality = int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1))
+        if quality < 100:
+            image = _jpeg(image, quality)
+    return image
+
+
+def scale_contrast(image, factor):
+    """`image` with its contrast scaled by `factor` around its mean (below 1 washes it out)."""
+    factor = np.float32(factor)
+    return image * factor + image.mean() * (1 - factor)
+
+
+def add_gaussian_noise(rng, image, sigma):
+    """`image` (float32, modified in place) plus Gaussian noise of standard deviation `sigma`,
+    independent per pixel and channel; values are not clipped."""
+    if sigma > 0:
+        image += _gaussian_noise(rng, image.shape[:2]) * np.float32(sigma)
+    return image
+
+
+def add_salt_and_pepper(rng, image, fraction):
+    """`image` (float32, modified in place) with about `fraction` of its pixels set to pure
+    black or white (impulse noise)."""
     if fraction > 0:
-        hits = rng.integers(shape[0] * shape[1], size=rng.binomial(shape[0] * shape[1], fraction))
+        pixels = image.shape[0] * image.shape[1]
+        hits = rng.integers(pixels, size=rng.binomial(pixels, fraction))
         image.reshape(-1, 3)[hits] = rng.integers(2, size=(hits.size, 1)).astype(np.float32)
-    return np.clip(image, 0, 1, out=image)
+    return image
+
+
+def _jpeg(image, quality):
+    """`image` after a round trip through JPEG at `quality` (blocking, ringing, colour bleed)."""
+    pixels = cv2.convertScaleAbs(image, alpha=255.0)
+    _, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED).astype(np.float32) / 255
 
 
 def make_sample(rng, size, config):
@@ -411,13 +670,15 @@ def make_sample(rng, size, config):
     Args:
         rng: a `np.random.Generator`; the sample is a pure function of its state.
         size: image side, or `(height, width)`.
-        config: a `GeneratorConfig`.
+        config: a `GeneratorConfig`, or a `Mixture` to draw one from.
 
     Returns:
         `(image, mask)`: float32 `(height, width, 3)` in [0, 1] and float32 `(height, width, 1)`
         in {0, 1}, the union of the drawn objects (ring holes are background).
     """
     shape = _size_hw(size)
+    if isinstance(config, Mixture):
+        config = config.pick(rng)
     side = max(shape)
     background = rng.uniform(0.05, 0.95, 3).astype(np.float32)
     image = _appearance(rng, shape, background, config, image_side=side)
@@ -672,18 +933,8 @@ def _read_training_pair(image_path, mask_path, threshold):
 
 
 def _resize(image, mask, shape):
-    """Resize a pair to `shape`: area averaging to shrink, bilinear to enlarge, nearest for masks.
-
-    Masks use INTER_NEAREST_EXACT: plain INTER_NEAREST samples half a pixel off the centres the
-    image interpolations use, which shifts masks against their images.
-    """
-    height, width = shape
-    shrinking = height * width < image.shape[0] * image.shape[1]
-    image = cv2.resize(
-        image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    )
-    mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
-    return image, mask[..., None]
+    """Resize an image and its `(H, W, 1)` mask to `shape` (the mask by nearest neighbour)."""
+    return scale_image(image, shape), scale_image(mask, shape, mask=True)
 
 
 def load_pairs(pairs, *, size=None, threshold=None):
@@ -713,51 +964,70 @@ def load_pairs(pairs, *, size=None, threshold=None):
     return _stack([_resize(image, mask, _size_hw(size)) for image, mask in samples])
 
 
-# Folder augmentation: square crops of 60-100% of the shorter side, all 8 flips/rotations,
-# contrast x0.8-1.2 and brightness +-0.1.
-_CROP_FRACTION = (0.6, 1.0)
-_CONTRAST = (0.8, 1.2)
+# Folder augmentation, within what photographs of the same kind of scene plausibly show: the
+# whole image at 0.75-1.25x the working size, turned by up to 30 degrees about its centre,
+# shifted by up to 15% of the canvas and mirrored either way; saturation and contrast x0.7-1.3,
+# brightness +-0.1 and gamma 0.7-1.4, identical for every pixel.
+_SCALE = (0.75, 1.25)
+_ROTATION = 30.0
+_SHIFT = 0.15
+_SATURATION = (0.7, 1.3)
+_CONTRAST = (0.7, 1.3)
 _BRIGHTNESS = 0.1
+_GAMMA = (0.7, 1.4)
 
 
-def _augment(rng, image, mask, shape):
+def _place(image, mask, side):
+    """An image and its `(H, W, 1)` mask scaled so the longer side is `side`, on a
+    `side` x `side` canvas: top left, the rest reflect-padded, as prediction pads."""
+    shape = scaled_shape(image.shape, side)
+    image, mask = scale_image(image, shape), scale_image(mask, shape, mask=True)
+    padding = ((0, side - shape[0]), (0, side - shape[1]), (0, 0))
+    return np.pad(image, padding, mode="reflect"), np.pad(mask, padding, mode="reflect")
+
+
+def _augment(rng, image, mask, side):
+    """A random view of a uint8 image and its mask on a `side` x `side` float32 canvas."""
     height, width = image.shape[:2]
-    side = max(1, round(rng.uniform(*_CROP_FRACTION) * min(height, width)))
-    top, left = rng.integers(height - side + 1), rng.integers(width - side + 1)
-    image, mask = _resize(
-        image[top : top + side, left : left + side],
-        mask[top : top + side, left : left + side],
-        shape,
-    )
-    # A quarter turn and an optional mirror give all 8 symmetries of the square.
-    turns, mirror = rng.integers(4), rng.random() < 0.5
-    image, mask = np.rot90(image, turns), np.rot90(mask, turns)
-    if mirror:
-        image, mask = image[:, ::-1], mask[:, ::-1]
+    scale = rng.uniform(*_SCALE) * side / max(height, width)
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), rng.uniform(-_ROTATION, _ROTATION), scale)
+    # Centre the image on the canvas, then shift it.
+    matrix[:, 2] += side / 2 - np.array([width, height]) / 2 + rng.uniform(-_SHIFT, _SHIFT, 2) * side
+    warp = dict(dsize=(side, side), borderMode=cv2.BORDER_REFLECT_101)
+    image = cv2.warpAffine(image, matrix, flags=cv2.INTER_LINEAR, **warp)
+    mask = cv2.warpAffine(mask, matrix, flags=cv2.INTER_NEAREST, **warp)
+    flip_rows, flip_cols = rng.random(2) < 0.5
+    image = image[:: -1 if flip_rows else 1, :: -1 if flip_cols else 1]
+    mask = mask[:: -1 if flip_rows else 1, :: -1 if flip_cols else 1]
+
+    image = image.astype(np.float32) / 255
+    grey = image.mean(axis=2, keepdims=True)
+    image = grey + (image - grey) * np.float32(rng.uniform(*_SATURATION))
     mean = image.mean()
-    image = (
-        (image - mean) * np.float32(rng.uniform(*_CONTRAST))
-        + mean
-        + np.float32(rng.uniform(-_BRIGHTNESS, _BRIGHTNESS))
-    )
-    return np.clip(image, 0, 1), mask
+    image = (image - mean) * np.float32(rng.uniform(*_CONTRAST)) + mean
+    image = np.clip(image + np.float32(rng.uniform(-_BRIGHTNESS, _BRIGHTNESS)), 0, 1)
+    image = image ** np.float32(rng.uniform(*_GAMMA))
+    return image, mask.reshape(side, side, 1).astype(np.float32)
 
 
 def folder_dataset(
     pairs, *, size, batch_size, augment=True, seed=0, repeat=True, threshold=None, start=0
 ):
-    """A `tf.data` stream of batches from image/mask pairs.
+    """A `tf.data` stream of batches from image/mask pairs, whole images at a working size.
 
-    Every pair is read and validated first, so a bad file fails before training starts. With
-    `repeat`, pairs are reshuffled each epoch (seeded) and the stream never ends; without, it is
-    one pass in the given order, the last batch possibly smaller.
+    Every image is seen whole, scaled (keeping its aspect ratio) so that its longer side is
+    `size` pixels, on a `size` x `size` canvas: exactly what prediction feeds a model trained
+    at that working size. Every pair is read and validated first, so a bad file fails before
+    training starts. With `repeat`, pairs are reshuffled each epoch (seeded) and the stream
+    never ends; without, it is one pass in the given order, the last batch possibly smaller.
 
     Args:
         pairs: `(image_path, mask_path)` tuples.
-        size: output side; images of any size are cropped or resized to `size` x `size`.
+        size: the working size: the longer image side, and the canvas side.
         batch_size: samples per batch.
-        augment: random square crop (60-100% of the shorter side), flips, quarter turns and
-            brightness/contrast, identical for image and mask; else a plain resize.
+        augment: random scale (0.75-1.25x), rotation (up to 30 degrees), shift, mirroring,
+            and saturation, contrast, brightness and gamma changes, with the mask warped
+            alongside; else the image at the working size, top left, reflect-padded.
             Defaults to True.
         seed: seed for shuffling and augmentation. Defaults to 0.
         repeat: endless shuffled epochs, or a single ordered pass. Defaults to True.
@@ -774,20 +1044,17 @@ def folder_dataset(
     """
     if not pairs:
         raise ValueError("No image/mask pairs given")
-    shape = _size_hw(size)
-    # Only what the output can use is kept, as 8-bit: the smallest crop must still cover
-    # `size` pixels, and without augmentation every pair is resized once, here.
-    keep_side = int(np.ceil(min(shape) / _CROP_FRACTION[0]))
+    side = _size_hw(size)[0]
+    # Kept as 8-bit at the largest scale augmentation asks for, so that the warp only ever
+    # shrinks mildly (no aliasing) and memory stays small whatever the photographs' size.
+    keep_side = int(np.ceil(side * _SCALE[1]))
     images, masks = [], []
     for image_path, mask_path in tqdm(pairs, desc="reading", disable=None):
         image, mask = _read_training_pair(image_path, mask_path, threshold)
         if not augment:
-            image, mask = _resize(image, mask, shape)
-        elif min(image.shape[:2]) > keep_side:
-            scale = keep_side / min(image.shape[:2])
-            image, mask = _resize(
-                image, mask, (round(image.shape[0] * scale), round(image.shape[1] * scale))
-            )
+            image, mask = _place(image, mask, side)
+        elif max(image.shape[:2]) > keep_side:
+            image, mask = _resize(image, mask, scaled_shape(image.shape, keep_side))
         images.append(np.round(image * 255).astype(np.uint8))
         masks.append(mask.astype(np.uint8))
     count = len(pairs)
@@ -800,17 +1067,16 @@ def folder_dataset(
     def make_sample_at(position):
         epoch, offset = divmod(position, count)
         index = epoch_order(epoch)[offset] if repeat else offset
-        image, mask = images[index].astype(np.float32) / 255, masks[index].astype(np.float32)
         if augment:
-            return _augment(sample_rng(seed, position), image, mask, shape)
-        return image, mask
+            return _augment(sample_rng(seed, position), images[index], masks[index], side)
+        return images[index].astype(np.float32) / 255, masks[index].astype(np.float32)
 
     def make_batch(positions):
         return _stack([make_sample_at(int(position)) for position in positions])
 
     indices = tf.data.Dataset.counter(start) if repeat else tf.data.Dataset.range(count)
     return _batched_dataset(
-        make_batch, indices, shape=shape, batch_size=batch_size, drop_remainder=repeat
+        make_batch, indices, shape=(side, side), batch_size=batch_size, drop_remainder=repeat
     )
 
 

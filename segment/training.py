@@ -1,33 +1,48 @@
 """`train(config) -> run folder`: the whole training job, callable from a script or a test."""
 
 import csv
+import dataclasses
 import io
 import json
+import math
 import shutil
 import sys
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
+from PIL import Image
 
-from segment import data, metrics
+from segment import data
 from segment.config import TrainConfig
+from segment.evaluation import evaluate_samples, mean_iou, model_method, summarize
 from segment.imageio import DataError, write_text
+from segment.inference import load_segmenter
 from segment.losses import LOSSES
 from segment.model import build_model
 from segment.optimizers import StepHalvingSGD
 
-__all__ = ["train"]
+__all__ = ["DATA_MINUTES", "HALVINGS", "SYNTHETIC_EPOCHS", "choose_working_size", "train"]
 
 _BACKUP = "backup"
 _VALIDATION_SEED_OFFSET = 1_000_003  # the validation set is drawn from its own stream
 
+SYNTHETIC_EPOCHS = 14  # synthetic shapes, no --epochs or --minutes: about 6 minutes on 2 cores
+DATA_MINUTES = 10.0  # --data, no --epochs or --minutes: a wall-clock budget
+HALVINGS = 4  # rate halvings spread evenly over the run when --halve-every is not given
+SYNTHETIC_SIZE = 96  # synthetic crop side when --size is not given
+# --data working size when --size is not given: the images' own longer side (median over the
+# training set), at most this.
+MAX_WORKING_SIZE = 160
+
 
 def _check(config):
     multiple = 2**config.depth
-    if config.size < multiple or config.size % multiple:
+    if config.size is not None and (config.size < multiple or config.size % multiple):
         raise ValueError(
             f"--size {config.size} cannot be taken by the network: use a multiple of {multiple} "
             f"(2 ** depth, depth={config.depth})"
@@ -37,8 +52,54 @@ def _check(config):
     if config.strategy not in ("default", "mirrored", "multiworker"):
         raise ValueError(f"unknown strategy {config.strategy!r}; use default, mirrored or multiworker")
     for name in ("epochs", "steps_per_epoch", "batch_size", "halve_every"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if config.minutes is not None and config.minutes <= 0:
+        raise ValueError(f"--minutes must be positive, got {config.minutes}")
+    if config.epochs is not None and config.minutes is not None:
+        raise ValueError("give --epochs or --minutes, not both")
+
+
+def choose_working_size(pairs, *, multiple, largest=MAX_WORKING_SIZE):
+    """The working size for a folder of images: their median longer side, at most `largest`,
+    rounded to a multiple of `multiple` (the network's size multiple).
+
+    Images are read for their size only (the file header), so this is fast on any folder.
+    """
+    longer_sides = []
+    for image_path, _ in pairs:
+        try:
+            with Image.open(image_path) as image:
+                longer_sides.append(max(image.size))
+        except (OSError, ValueError) as error:
+            raise DataError(f"{image_path}: cannot read the image size ({error})") from None
+    side = min(float(np.median(longer_sides)), largest)
+    return max(multiple, round(side / multiple) * multiple)
+
+
+def _resolve(config, pairs):
+    """A copy of `config` with the settings left open filled in (all but a budget's epochs)."""
+    config = dataclasses.replace(config)
+    if config.size is None:
+        multiple = 2**config.depth
+        config.size = (
+            SYNTHETIC_SIZE if pairs is None
+            else choose_working_size(pairs[0], multiple=multiple)
+        )
+    if config.epochs is None and config.minutes is None:
+        if pairs is None:
+            config.epochs = SYNTHETIC_EPOCHS
+        else:
+            config.minutes = DATA_MINUTES
+    return config
+
+
+def _halve_every_steps(config):
+    """Steps between rate halvings: `halve_every` epochs, or HALVINGS spread over the run."""
+    if config.halve_every is not None:
+        return config.halve_every * config.steps_per_epoch
+    return max(1, math.ceil(config.epochs * config.steps_per_epoch / (HALVINGS + 1)))
 
 
 def _prepare_run_folder(config, *, resume, overwrite):
@@ -92,13 +153,39 @@ def _folder_pairs(config):
     train_pairs = data.find_pairs(splits.get("train", splits.get("all")))
     if "val" in splits:
         return train_pairs, data.find_pairs(splits["val"])
-    return data.split_pairs(train_pairs, val_fraction=config.val_fraction, seed=config.seed)
+    train_pairs, val_pairs = data.split_pairs(
+        train_pairs, val_fraction=config.val_fraction, seed=config.seed
+    )
+    if not val_pairs:
+        raise DataError(
+            f"{config.data}: one image is not enough to train and validate; add images or a "
+            "val/ folder"
+        )
+    return train_pairs, val_pairs
+
+
+class _FolderSamples:
+    """Validation samples `(name, image, truth)` read from their files on every pass, so
+    memory does not grow with the validation set (the files were checked at start-up)."""
+
+    def __init__(self, pairs, threshold):
+        self.pairs, self.threshold = pairs, threshold
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __iter__(self):
+        for image_path, mask_path in self.pairs:
+            image, mask = data.read_pair(image_path, mask_path, threshold=self.threshold)
+            yield Path(image_path).name, image, mask
 
 
 def _datasets(config, pairs, start):
-    """The training stream (resumed at sample `start`) and fixed validation arrays.
+    """The training stream (resumed at sample `start`) and the validation samples.
 
-    `pairs` is `_folder_pairs(config)` for `--data`, None for the synthetic stream.
+    `pairs` is `_folder_pairs(config)` for `--data`, None for the synthetic stream. The
+    validation samples are `(name, image, truth)` at the images' own size: validation runs
+    the model as prediction does.
     """
     if pairs is None:
         train = data.synthetic_dataset(
@@ -108,15 +195,18 @@ def _datasets(config, pairs, start):
             seed=config.seed,
             start=start,
         )
-        validation = data.synthetic_arrays(
+        images, masks = data.synthetic_arrays(
             config.val_count,
             size=config.size,
             difficulty=config.difficulty,
             seed=config.seed + _VALIDATION_SEED_OFFSET,
         )
+        validation = [
+            (f"{index:05d}", image, mask[..., 0] > 0.5)
+            for index, (image, mask) in enumerate(zip(images, masks))
+        ]
         return train, validation
     train_pairs, val_pairs = pairs
-    validation = data.load_pairs(val_pairs, size=config.size, threshold=config.threshold)
     train = data.folder_dataset(
         train_pairs,
         size=config.size,
@@ -126,15 +216,23 @@ def _datasets(config, pairs, start):
         threshold=config.threshold,
         start=start,
     )
-    return train, validation
+    return train, _FolderSamples(val_pairs, config.threshold)
 
 
-def _compile(model, config):
+def _build(config):
+    return build_model(
+        base_filters=config.base_filters,
+        depth=config.depth,
+        context=config.context,
+        # A --data model works on images scaled to the working size; prediction does the same.
+        inference={"working_size": config.size if config.data is not None else None},
+    )
+
+
+def _compile(model, config, *, halve_every):
     model.compile(
         optimizer=StepHalvingSGD(
-            learning_rate=config.lr,
-            momentum=config.momentum,
-            halve_every=config.halve_every * config.steps_per_epoch,
+            learning_rate=config.lr, momentum=config.momentum, halve_every=halve_every
         ),
         loss=LOSSES[config.loss](),
         metrics=[keras.metrics.BinaryIoU(target_class_ids=[1], threshold=0.5, name="iou")],
@@ -142,8 +240,66 @@ def _compile(model, config):
     )
 
 
+class _Validation(keras.callbacks.Callback):
+    """Adds `val_iou` to each epoch's logs: the per-image mean IoU of the model on the
+    validation samples, segmented as `predict.py` segments (`segment.evaluation.model_method`).
+    """
+
+    def __init__(self, samples):
+        super().__init__()
+        self.samples = samples
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["val_iou"] = mean_iou(model_method(self.model), self.samples)
+
+
+class _LearningRate(keras.callbacks.Callback):
+    """Adds `lr` to each epoch's logs: the rate StepHalvingSGD used last, halvings included."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            optimizer = self.model.optimizer
+            step = optimizer.iterations - 1
+            logs["lr"] = float(optimizer.learning_rate * optimizer.halving_factor(step))
+
+
+class _StepTimes(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter())
+
+    def on_train_begin(self, logs=None):
+        self.times = []
+
+
+def _epochs_for_budget(config, pairs, strategy, seconds):
+    """How many epochs fit in `seconds`, measured on a throwaway model: a few training steps
+    (after the first, which traces the graph) and one validation pass."""
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        model = _build(config)
+        _compile(model, config, halve_every=1)
+    train_data, validation = _datasets(config, pairs, 0)
+    steps = _StepTimes()
+    model.fit(train_data, epochs=1, steps_per_epoch=12, callbacks=[steps], shuffle=False, verbose=0)
+    step_seconds = (steps.times[-1] - steps.times[3]) / (len(steps.times) - 4)
+    mean_iou(model_method(model), validation)  # traces the prediction graph
+    started = time.perf_counter()
+    mean_iou(model_method(model), validation)
+    validation_seconds = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as folder:  # the checkpoint and the backup, per epoch
+        started = time.perf_counter()
+        model.save(Path(folder) / "model.keras")
+        save_seconds = time.perf_counter() - started
+    seconds_per_epoch = config.steps_per_epoch * step_seconds + validation_seconds + 2 * save_seconds
+    # What follows the last epoch: loading the best model and scoring it in full, about two
+    # validation passes; and the first epoch traces the training graph once more.
+    remaining = seconds - 2 * validation_seconds - 4 * step_seconds
+    return max(1, int(remaining / seconds_per_epoch))
+
+
 def _history_best(path, initial_epoch):
-    """Keep the history of completed epochs only; return the best val_loss in it."""
+    """Keep the history of completed epochs only; return the best val_iou in it."""
     if not path.exists():
         return None
     with path.open(newline="") as handle:
@@ -156,22 +312,32 @@ def _history_best(path, initial_epoch):
         write_text(path, kept.getvalue())
     else:
         path.unlink()
-    losses = [float(row["val_loss"]) for row in rows if row.get("val_loss")]
-    return min(losses) if losses else None
+    scores = [float(row["val_iou"]) for row in rows if row.get("val_iou")]
+    return max(scores) if scores else None
 
 
-def _validation_metrics(model_path, images, masks, batch_size):
-    model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
-    probabilities = model.predict(images, batch_size=batch_size, verbose=0)[..., 0]
-    return metrics.mean_metrics(probabilities > 0.5, masks[..., 0] > 0.5)
+def _validation_metrics(model_path, samples):
+    """Per-image mean metrics of the saved model on the validation samples, as predicted."""
+    model = load_segmenter(model_path)
+    rows = evaluate_samples(samples, {"model": model_method(model)}, progress=False)
+    results = summarize(rows)["model"]
+    results.pop("count")
+    results["seconds_per_image"] = results.pop("seconds")
+    return results
 
 
 def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
     """Train a segmenter and leave everything in a run folder.
 
-    The run folder holds `config.json`, `model.keras` (best validation loss), `history.csv`,
-    `metrics.json` (per-image mean validation metrics of `model.keras`), TensorBoard `logs/`,
-    and while training `backup/`, from which a killed run continues with `resume`.
+    The run folder holds `config.json` (every setting, including those training chose),
+    `model.keras` (the epoch with the best validation IoU), `history.csv`, `metrics.json`
+    (per-image mean validation metrics of `model.keras`, segmented as `predict.py` segments:
+    at the images' own size), TensorBoard `logs/`, and while training `backup/`, from which a
+    killed run continues with `resume`.
+
+    With `config.minutes`, training first measures this machine's speed on a throwaway model,
+    then fixes the number of epochs that fit the budget (recorded in `config.json`) and trains
+    exactly as `epochs=N` would, from the same initial weights.
 
     Args:
         config: a `TrainConfig`. Ignored when `resume` is given (the run's own config is used).
@@ -187,30 +353,35 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
         ValueError: a setting the network or data cannot take (including `DataError` for
             a missing or bad `--data` folder or an existing run folder).
     """
+    started = time.perf_counter()
     if resume:
         config = TrainConfig.from_json(Path(resume) / "config.json")
     _check(config)
     pairs = None if config.data is None else _folder_pairs(config)
+    config = _resolve(config, pairs)
+    _check(dataclasses.replace(config, minutes=None))
     folder, created = _prepare_run_folder(config, resume=resume, overwrite=overwrite)
-    keras.utils.set_random_seed(config.seed)
     previous_policy = keras.mixed_precision.global_policy()
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy(_mixed_precision_policy())
     try:
         strategy = _strategy(config.strategy)
-        with strategy.scope():
-            model = build_model(
-                base_filters=config.base_filters, depth=config.depth, context=config.context
-            )
-            _compile(model, config)
-        backup = keras.callbacks.BackupAndRestore(str(folder / _BACKUP))
-        # Restore now rather than inside fit: the data stream must resume where it stopped.
-        backup.set_model(model)
-        backup.on_train_begin()
-        start = int(model.optimizer.iterations.numpy()) * config.batch_size
-        initial_epoch = start // (config.batch_size * config.steps_per_epoch)
         try:
-            train_data, (val_images, val_masks) = _datasets(config, pairs, start)
+            if config.epochs is None:
+                budget = config.minutes * 60 - (time.perf_counter() - started)
+                config.epochs = _epochs_for_budget(config, pairs, strategy, budget)
+                config.to_json(folder / "config.json")
+            keras.utils.set_random_seed(config.seed)
+            with strategy.scope():
+                model = _build(config)
+                _compile(model, config, halve_every=_halve_every_steps(config))
+            backup = keras.callbacks.BackupAndRestore(str(folder / _BACKUP))
+            # Restore now rather than inside fit: the data stream must resume where it stopped.
+            backup.set_model(model)
+            backup.on_train_begin()
+            start = int(model.optimizer.iterations.numpy()) * config.batch_size
+            initial_epoch = start // (config.batch_size * config.steps_per_epoch)
+            train_data, validation = _datasets(config, pairs, start)
         except (DataError, ValueError):
             if created:  # an unreadable file: leave nothing behind for a run that never started
                 shutil.rmtree(folder)
@@ -219,11 +390,14 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
 
         checkpoint = keras.callbacks.ModelCheckpoint(
             str(folder / "model.keras"),
-            monitor="val_loss",
+            monitor="val_iou",
+            mode="max",
             save_best_only=True,
             initial_value_threshold=best,
         )
         own_callbacks = [
+            _Validation(validation),  # first: the callbacks below read its val_iou
+            _LearningRate(),
             keras.callbacks.TerminateOnNaN(),
             keras.callbacks.CSVLogger(str(folder / "history.csv"), append=True),
             checkpoint,
@@ -234,32 +408,32 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
         ]
         if verbose is None:
             verbose = 1 if sys.stdout.isatty() else 2
-        started = time.perf_counter()
+        fit_started = time.perf_counter()
         model.fit(
             train_data,
             epochs=config.epochs,
             steps_per_epoch=config.steps_per_epoch,
-            validation_data=(val_images, val_masks),
-            validation_batch_size=config.batch_size,
+            initial_epoch=initial_epoch,
             shuffle=False,  # the streams are already in their seeded order
             callbacks=own_callbacks + list(callbacks),
             verbose=verbose,
         )
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - fit_started
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
     stopped_early = bool(model.stop_training)  # TerminateOnNaN, or a caller's callback
     if not (folder / "model.keras").exists():
         raise RuntimeError("training stopped early (NaN loss?) before any epoch produced a model")
-    results = _validation_metrics(folder / "model.keras", val_images, val_masks, config.batch_size)
+    results = _validation_metrics(folder / "model.keras", validation)
     trained_images = (config.epochs - initial_epoch) * config.steps_per_epoch * config.batch_size
     results.update(
         {
-            "validation_images": int(len(val_images)),
+            "validation_images": len(validation),
             "stopped_early": stopped_early,
             "train_seconds": round(seconds, 1),
             "train_images_per_second": round(trained_images / seconds, 1),
+            "total_seconds": round(time.perf_counter() - started, 1),
         }
     )
     write_text(folder / "metrics.json", json.dumps(results, indent=2) + "\n")

@@ -2,6 +2,7 @@ import cv2
 import numpy as np
 import pytest
 import skimage.measure
+import skimage.morphology
 from skimage.morphology import erosion
 
 from segment import data
@@ -29,7 +30,7 @@ def test_generator_config_overrides_and_errors():
 # Synthetic samples
 
 
-@pytest.mark.parametrize("difficulty", list(data.PRESETS))
+@pytest.mark.parametrize("difficulty", list(data.DIFFICULTIES))
 def test_samples_have_documented_types_and_ranges(difficulty):
     images, masks = data.synthetic_arrays(6, size=(40, 56), difficulty=difficulty, seed=1)
     assert images.shape == (6, 40, 56, 3) and images.dtype == np.float32
@@ -79,6 +80,72 @@ def test_rings_have_holes_and_disks_do_not():
     assert len(rings) >= 3, "too few rings away from the border to check"
     assert rings == [0] * len(rings)  # one component with one hole
     assert [euler for euler, _ in euler_numbers("disk")] == [1] * 20
+
+
+@pytest.mark.parametrize("kind", data.SHAPE_KINDS)
+def test_every_shape_kind_draws_an_object_in_the_image(kind):
+    config = data.generator_config("easy", shape_weights={kind: 1.0}, object_count=(1, 1))
+    areas = [data.make_sample(data.sample_rng(1, index), 64, config)[1].mean()
+             for index in range(8)]
+    assert min(areas) >= 0 and max(areas) < 0.9 and np.mean(areas) > 0.01
+
+
+def test_holed_objects_have_holes_and_silhouettes_are_one_thin_limbed_part():
+    def masks(kind):
+        config = data.generator_config(
+            "easy", shape_weights={kind: 1.0}, object_count=(1, 1), object_size=(0.12, 0.15)
+        )
+        return [data.make_sample(data.sample_rng(2, index), 128, config)[1][..., 0] > 0
+                for index in range(16)]
+
+    # Euler number = parts - holes; an object away from the border with a hole has at most 0.
+    holed = [skimage.measure.euler_number(mask, connectivity=2) for mask in masks("holed")]
+    assert sum(euler <= 0 for euler in holed) >= 6
+    inside = [mask for mask in masks("silhouette")
+              if not np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]]).any()]
+    assert len(inside) >= 4, "too few silhouettes away from the border to check"
+    for mask in inside:
+        assert skimage.measure.label(mask, connectivity=2).max() == 1
+        # Thin limbs: an opening by a 5x5 square removes a visible part of the outline.
+        opened = skimage.morphology.opening(mask, np.ones((5, 5), bool))
+        assert (mask & ~opened).sum() > 0.03 * mask.sum()
+
+
+def test_mixed_stream_draws_from_every_preset_reproducibly():
+    config = data.generator_config("mixed", object_count=(1, 1))
+    assert isinstance(config, data.Mixture)
+    assert {name: part[1].object_count for name, part in config.parts.items()} == dict.fromkeys(
+        data.MIXTURES["mixed"], (1, 1))
+    picked = [config.pick(data.sample_rng(0, index)) for index in range(200)]
+    assert {id(part[1]) for part in config.parts.values()} == {id(c) for c in picked}
+    first = data.synthetic_arrays(3, size=32, difficulty="mixed", seed=5)
+    second = data.synthetic_arrays(3, size=32, difficulty="mixed", seed=5)
+    np.testing.assert_array_equal(first[0], second[0])
+
+
+def test_noise_functions_add_what_they_say():
+    rng = np.random.default_rng(0)
+    flat = np.full((200, 200, 3), 0.5, np.float32)
+    noisy = data.add_gaussian_noise(rng, flat.copy(), 0.1)
+    assert abs(noisy.mean() - 0.5) < 0.01 and abs(noisy.std() - 0.1) < 0.01
+    impulses = data.add_salt_and_pepper(rng, flat.copy(), 0.05)
+    changed = np.any(impulses != 0.5, axis=-1)
+    assert abs(changed.mean() - 0.05) < 0.005
+    assert set(np.unique(impulses[changed])) == {0.0, 1.0}
+    ramp = np.linspace(0, 1, 300, dtype=np.float32).reshape(10, 10, 3)
+    washed_out = data.scale_contrast(ramp, 0.5)
+    np.testing.assert_allclose(washed_out.std(), ramp.std() / 2, rtol=1e-5)
+    np.testing.assert_allclose(washed_out.mean(), ramp.mean(), rtol=1e-5)
+
+
+def test_jpeg_quality_compresses_and_100_leaves_the_image_alone():
+    clean = data.generator_config("medium", noise_std=(0, 0), salt_pepper=(0, 0))
+    compressed = data.generator_config("medium", noise_std=(0, 0), salt_pepper=(0, 0),
+                                       jpeg_quality=(10, 10))
+    image, _ = data.make_sample(data.sample_rng(0, 1), 64, clean)
+    jpeg, _ = data.make_sample(data.sample_rng(0, 1), 64, compressed)
+    # The same scene, only compressed: close overall, but not equal.
+    assert 0.002 < np.abs(image - jpeg).mean() < 0.05
 
 
 def test_dataset_stream_equals_synthetic_arrays():
@@ -305,7 +372,7 @@ def test_folder_dataset_is_seeded(tmp_path):
     assert not np.array_equal(first_batch(5)[0], first_batch(6)[0])
 
 
-def test_folder_dataset_single_pass_without_augmentation_is_a_plain_resize(tmp_path):
+def test_folder_dataset_single_pass_without_augmentation_is_the_prediction_view(tmp_path):
     images, masks = data.synthetic_arrays(5, size=(30, 20), seed=4)
     pairs = data.write_folder(tmp_path, images, masks)
     batches = list(
@@ -314,8 +381,20 @@ def test_folder_dataset_single_pass_without_augmentation_is_a_plain_resize(tmp_p
         ).as_numpy_iterator()
     )
     assert [len(images) for images, _ in batches] == [2, 2, 1]  # every pair once, in order
-    expected_images, expected_masks = data.load_pairs(pairs, size=16)
+    # By hand: the longer side (30) scaled to 16 keeps the aspect ratio (20 -> 10.7 -> 11
+    # columns), top left on the canvas, the rest mirrored as prediction pads.
+    read_images, read_masks = data.load_pairs(pairs)
+    expected_images = [
+        np.pad(cv2.resize(image, (11, 16), interpolation=cv2.INTER_AREA), ((0, 0), (0, 5), (0, 0)),
+               mode="reflect")
+        for image in read_images
+    ]
+    expected_masks = [
+        np.pad(cv2.resize(mask, (11, 16), interpolation=cv2.INTER_NEAREST_EXACT)[..., None],
+               ((0, 0), (0, 5), (0, 0)), mode="reflect")
+        for mask in read_masks
+    ]
     np.testing.assert_allclose(
-        np.concatenate([b[0] for b in batches]), expected_images, atol=0.5 / 255
+        np.concatenate([b[0] for b in batches]), np.stack(expected_images), atol=0.5 / 255
     )
-    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), expected_masks)
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), np.stack(expected_masks))

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from helpers import load_script
 
-from segment import data
+from segment import data, metrics
 from segment.config import TrainConfig
-from segment.training import train
+from segment.inference import load_segmenter, predict_mask
+from segment.training import choose_working_size, train
 
 TINY = ["--size", "32", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "4",
         "--val-count", "4", "--base-filters", "4", "--depth", "2"]
@@ -30,7 +31,7 @@ def test_train_writes_a_complete_run_folder(train_script, tmp_path, capsys):
     with (out / "history.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 1
-    assert {"epoch", "loss", "iou", "val_loss", "val_iou"} <= set(rows[0])
+    assert {"epoch", "loss", "iou", "val_iou", "lr"} <= set(rows[0])
     results = json.loads((out / "metrics.json").read_text())
     assert {"iou", "dice", "spurious", "b0_error", "train_seconds"} <= set(results)
     assert 0.0 <= results["iou"] <= 1.0
@@ -39,12 +40,66 @@ def test_train_writes_a_complete_run_folder(train_script, tmp_path, capsys):
     assert not (out / "backup").exists()  # removed once training completes
 
 
-def test_train_on_an_image_mask_folder(train_script, tmp_path):
-    images, masks = data.synthetic_arrays(6, size=40, difficulty="easy", seed=3)
-    data.write_folder(tmp_path / "shapes", images, masks)
+def test_train_on_an_image_mask_folder_reports_what_prediction_delivers(train_script, tmp_path):
+    # Images of several sizes and shapes, none of them the working size.
+    for index, size in enumerate([(40, 56), (48, 36), (60, 60), (36, 52), (44, 44), (52, 40)]):
+        images, masks = data.synthetic_arrays(1, size=size, difficulty="easy", seed=index)
+        data.write_folder(tmp_path / "shapes", images, masks, stems=[f"{index:02d}"])
     out = tmp_path / "run"
-    assert train_script.main(TINY + ["--data", str(tmp_path / "shapes"), "--out", str(out)]) == 0
-    assert json.loads((out / "metrics.json").read_text())["validation_images"] == 1
+    args = TINY + ["--data", str(tmp_path / "shapes"), "--out", str(out), "--val-fraction", "0.5"]
+    assert train_script.main(args) == 0
+    results = json.loads((out / "metrics.json").read_text())
+    assert results["validation_images"] == 3
+
+    # The model carries the working size; segmenting the validation images through the
+    # public prediction path at their own size gives exactly the figures in metrics.json.
+    config = TrainConfig.from_json(out / "config.json")
+    assert config.size == 32
+    model = load_segmenter(out / "model.keras")
+    assert model.inference == {"working_size": 32, "threshold": 0.5}
+    _, val_pairs = data.split_pairs(data.find_pairs(tmp_path / "shapes"), val_fraction=0.5, seed=0)
+    scores = []
+    for image_path, mask_path in val_pairs:
+        image, truth = data.read_pair(image_path, mask_path)
+        scores.append(metrics.evaluate_masks(predict_mask(model, image), truth))
+    for name in ("iou", "dice", "spurious", "b1_error"):
+        assert results[name] == pytest.approx(np.mean([row[name] for row in scores]), abs=1e-9)
+
+
+def test_working_size_is_the_median_longer_side_capped_and_rounded(tmp_path):
+    pairs = []
+    for index, (height, width) in enumerate([(30, 50), (70, 20), (41, 41)]):
+        images, masks = data.synthetic_arrays(1, size=(height, width), seed=index)
+        pairs += data.write_folder(tmp_path / f"f{index}", images, masks)
+    assert choose_working_size(pairs, multiple=4) == 48  # median 50 -> nearest multiple of 4
+    assert choose_working_size(pairs, multiple=4, largest=40) == 40
+    assert choose_working_size(pairs, multiple=32) == 64
+
+
+def test_a_time_budget_fixes_epochs_that_repeat_exactly(tmp_path):
+    def config(name, **length):
+        return TrainConfig(out=str(tmp_path / name), size=32, steps_per_epoch=2, batch_size=4,
+                           val_count=4, base_filters=4, depth=2, **length)
+
+    budgeted = _FinalWeights()
+    folder, results = train(config("budget", minutes=0.25), callbacks=[budgeted], verbose=0)
+    epochs = TrainConfig.from_json(folder / "config.json").epochs
+    assert epochs >= 2
+    assert results["total_seconds"] <= 0.25 * 60 * 1.25
+    fixed = _FinalWeights()
+    train(config("fixed", epochs=epochs), callbacks=[fixed], verbose=0)
+    for a, b in zip(budgeted.weights, fixed.weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_rate_halves_evenly_over_the_whole_run(tmp_path):
+    config = TrainConfig(out=str(tmp_path / "run"), size=32, epochs=10, steps_per_epoch=2,
+                         batch_size=4, val_count=2, base_filters=4, depth=2, lr=0.1)
+    train(config, verbose=0)
+    with (tmp_path / "run" / "history.csv").open() as handle:
+        rates = [float(row["lr"]) for row in csv.DictReader(handle)]
+    # 20 steps, 4 halvings: every 4 steps, i.e. every 2 epochs; the last epoch at 0.1 / 16.
+    np.testing.assert_allclose(rates, 0.1 * 0.5 ** np.repeat(np.arange(5), 2), rtol=1e-6)
 
 
 class _Interrupt(keras.callbacks.Callback):
