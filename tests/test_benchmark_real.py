@@ -1,0 +1,66 @@
+"""scripts/benchmark_real.py in its quick mode, and the plain stock U-Net it measures against."""
+
+import csv
+import time
+
+import numpy as np
+import pytest
+from helpers import load_script
+
+from segment import data
+from segment.stock import PLAIN_SIZE, build_plain_unet, plain_segmenter, train_plain_unet
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("real")
+    for split, count, seed in (("train", 6, 1), ("test", 3, 2)):
+        images, masks = data.synthetic_arrays(count, size=(40, 56), difficulty="easy", seed=seed)
+        data.write_folder(root / split, images, masks)
+    return root
+
+
+def test_quick_benchmark_trains_scores_and_resumes(dataset, tmp_path, capsys):
+    bench = load_script("benchmark_real")
+    out = tmp_path / "bench"
+    args = ["--data", str(dataset), "--minutes", "0.05", "--quick", "--out", str(out),
+            "--baselines", "otsu", "--worst", "2"]
+    assert bench.main(args) == 0
+    with (out / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["method"] for row in rows] == ["ours:composite", "plain", "otsu"]
+    assert all(0.0 <= float(row["iou"]) <= 1.0 for row in rows)
+    assert float(rows[1]["train_seconds"]) > 0
+    assert (out / "runs" / "ours-composite-seed0" / "model.keras").exists()
+    assert (out / "worst.png").stat().st_size > 0
+    report = (out / "results.md").read_text()
+    assert "| ours:composite | 1 |" in report and "| plain | 1 |" in report
+
+    # A second run with the same settings trains nothing and keeps the rows.
+    capsys.readouterr()
+    assert bench.main(args) == 0
+    assert "training" not in capsys.readouterr().out
+    with (out / "results.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == 3
+    # Other settings are refused, with one line.
+    assert bench.main(args[:2] + ["--minutes", "0.1"] + args[4:]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_plain_unet_stops_at_its_deadline_and_predicts_at_native_size(dataset):
+    pairs = data.find_pairs(dataset / "train")
+    started = time.perf_counter()
+    model, info = train_plain_unet(pairs, minutes=0.01, batch_size=2)
+    assert info["steps"] >= 1
+    # The first step traces the graph; the budget is checked after every step.
+    assert time.perf_counter() - started < 60
+    image, _ = data.read_pair(*pairs[0])
+    mask = plain_segmenter(model)(image)
+    assert mask.shape == image.shape[:2] and mask.dtype == bool
+
+
+def test_plain_unet_is_stock_keras():
+    model = build_plain_unet()
+    kinds = {type(layer).__module__.split(".")[0] for layer in model.layers}
+    assert kinds == {"keras"}
+    assert model(np.zeros((1, PLAIN_SIZE, PLAIN_SIZE, 3), "float32")).shape == (1, 128, 128, 1)
