@@ -4,6 +4,9 @@ Importing the package registers every custom Keras class and function, so a save
 with `keras.saving.load_model(path)` in safe mode and without `custom_objects`.
 """
 
-from segment import layers, losses, model, optimizers  # noqa: F401  (registration)
+from segment._startup import tensorflow_start_up_hidden
+
+with tensorflow_start_up_hidden():
+    from segment import layers, losses, model, optimizers  # noqa: F401  (registration)
 
 __version__ = "0.1.0"
