@@ -1,5 +1,7 @@
 """The segmenter: a small residual U-Net, and a `keras.Model` subclass with its own steps."""
 
+import math
+
 import keras
 import tensorflow as tf
 
@@ -8,7 +10,7 @@ from segment.layers import InstanceNormalize, LayerScale, SweepContext, subtract
 __all__ = ["DEFAULT_INFERENCE", "SegmentationModel", "build_model"]
 
 # What a saved model tells prediction, unless training recorded otherwise.
-DEFAULT_INFERENCE = {"working_size": None, "threshold": 0.5}
+DEFAULT_INFERENCE = {"working_size": None, "threshold": 0.5, "tta": False}
 
 
 def _unscale_for_distribution(loss):
@@ -38,8 +40,8 @@ class SegmentationModel(keras.Model):
             with the model so that `predict.py --model M` alone does the right thing:
             `working_size` (the longer side, in pixels, that images were scaled to in
             training; None when it learnt at the images' own scale), `threshold` (the
-            probability above which a pixel is foreground). Defaults to
-            `{"working_size": None, "threshold": 0.5}`.
+            probability above which a pixel is foreground), `tta` (average the prediction
+            over the four flips). Defaults to `DEFAULT_INFERENCE`.
     """
 
     def __init__(self, *args, inference=None, **kwargs):
@@ -119,9 +121,10 @@ def build_model(
     base_filters=16,
     depth=3,
     blocks_per_level=1,
-    layer_scale_init=0.1,
+    layer_scale_init=1.0,
     context="none",
     context_units=32,
+    foreground_prior=None,
     inference=None,
     name="segmenter",
 ):
@@ -147,10 +150,16 @@ def build_model(
         depth: number of 2x down-samplings; inputs must be multiples of `2 ** depth`
             (8 by default). Defaults to `3`.
         blocks_per_level: residual blocks at each level. Defaults to `1`.
-        layer_scale_init: initial LayerScale factor of every residual branch. Defaults to `0.1`.
+        layer_scale_init: initial LayerScale factor of every residual branch. Defaults to
+            `1.0`: with momentum SGD, branches started at 0.1 (as CaiT does for deep
+            transformers trained with Adam) learnt too slowly in a short run (README, "Real
+            photographs").
         context: `"none"`, or `"sweep"` to add a `SweepContext` residual branch at the
             bottleneck, giving every pixel context from the whole image. Defaults to `"none"`.
         context_units: GRU units of each sweep direction. Defaults to `32`.
+        foreground_prior: the share of foreground pixels expected; the output bias starts at
+            its logit, so the first steps need not push every pixel towards the majority
+            class. Defaults to None (bias 0, probability 0.5).
         inference: settings saved with the model for prediction (see `SegmentationModel`).
             Defaults to `DEFAULT_INFERENCE`.
         name: model name. Defaults to `"segmenter"`.
@@ -197,7 +206,13 @@ def build_model(
         for block in range(blocks_per_level):
             x = _residual_block(x, filters, f"up{level}_block{block}", layer_scale_init)
 
+    bias = 0.0
+    if foreground_prior is not None:
+        if not 0.0 < foreground_prior < 1.0:
+            raise ValueError(f"foreground_prior must be in (0, 1), got {foreground_prior}")
+        bias = math.log(foreground_prior / (1.0 - foreground_prior))
     outputs = keras.layers.Conv2D(
-        1, 1, activation="sigmoid", dtype="float32", name="probability"
+        1, 1, activation="sigmoid", dtype="float32", name="probability",
+        bias_initializer=keras.initializers.Constant(bias),
     )(x)
     return SegmentationModel(inputs=inputs, outputs=outputs, name=name, inference=inference)

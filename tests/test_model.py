@@ -105,6 +105,14 @@ def test_build_model_output_and_size_rule():
         build_model((30, 32, 3), **TINY)
 
 
+def test_output_bias_starts_at_the_foreground_prior():
+    model = build_model(**TINY, foreground_prior=0.2)
+    np.testing.assert_allclose(model.get_layer("probability").bias.numpy(), [-1.3862944], rtol=1e-6)
+    assert build_model(**TINY).get_layer("probability").bias.numpy()[0] == 0.0
+    with pytest.raises(ValueError, match="foreground_prior"):
+        build_model(**TINY, foreground_prior=1.0)
+
+
 def test_saved_model_loads_in_safe_mode_in_a_new_process(tmp_path):
     keras.utils.set_random_seed(1)
     model = build_model(**TINY)
