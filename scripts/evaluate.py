@@ -56,6 +56,9 @@ def build_parser():
     parser.add_argument("--resize", type=non_negative, default=None, metavar="S",
                         help="scale each image so its longer side is S before segmenting it; "
                              "0: its own scale (default: the model's working size, saved with it)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="average the model's predictions over the four flips "
+                             "(default: the model's own setting, on for --data models)")
     parser.add_argument("--worst", type=non_negative, default=6, metavar="N",
                         help="rows of worst.png: images with the lowest IoU (0: no sheet)")
     parser.add_argument("--overwrite", action="store_true",
@@ -85,7 +88,8 @@ def main(argv=None) -> int:
         folder = evaluation_folder(args.data)
         pairs = find_pairs(folder)
         methods = load_methods(
-            model_path, args.baselines, threshold=args.threshold, resize=args.resize
+            model_path, args.baselines, threshold=args.threshold, resize=args.resize,
+            tta=args.tta,
         )
         print(f"evaluating {', '.join(methods)} on {len(pairs)} images in {folder}")
         rows = evaluate_folder(pairs, methods)

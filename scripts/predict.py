@@ -60,8 +60,9 @@ def build_parser():
     parser.add_argument("--resize", type=non_negative, default=None, metavar="S",
                         help="scale each image so its longer side is S before segmenting it; "
                              "0: its own scale (default: the model's working size, saved with it)")
-    parser.add_argument("--tta", action="store_true",
-                        help="average predictions over flips (4x slower, smoother masks)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="average predictions over the four flips (4x slower, smoother "
+                             "masks; default: the model's own setting, on for --data models)")
     parser.add_argument("--batch-size", type=positive, default=4,
                         help="tiles per network call")
     parser.add_argument("--min-area", type=non_negative, default=0,

@@ -99,13 +99,14 @@ def model_method(model, *, threshold=None, **predict_options):
     return lambda image: predict_mask(model, image, threshold=threshold, **predict_options)
 
 
-def load_methods(model_path, baselines, *, threshold=None, resize=None):
+def load_methods(model_path, baselines, *, threshold=None, **predict_options):
     """Segmenters by name, each `image -> bool mask`: "model" first (unless `model_path` is
-    None), then the named baselines. `threshold` and `resize` default to the model's own."""
+    None), then the named baselines. `threshold` and the `predict_probability` options
+    (`resize`, `tta`, ...) default to the model's own."""
     methods = {}
     if model_path is not None:
         model = load_segmenter(model_path)
-        methods["model"] = model_method(model, threshold=threshold, resize=resize)
+        methods["model"] = model_method(model, threshold=threshold, **predict_options)
     methods.update((name, BASELINES[name]) for name in baselines)
     return methods
 

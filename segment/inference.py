@@ -40,6 +40,7 @@ __all__ = [
     "find_latest_model",
     "load_segmenter",
     "model_threshold",
+    "model_tta",
     "output_path",
     "predict_mask",
     "predict_probability",
@@ -189,7 +190,7 @@ def tile_window(model, *, tile, overlap):
 
 
 def predict_probability(
-    model, image, *, tile=512, overlap=64, tta=False, resize=None, batch_size=4
+    model, image, *, tile=512, overlap=64, tta=None, resize=None, batch_size=4
 ):
     """Foreground probability for one image of any size, at the image's own size.
 
@@ -215,7 +216,9 @@ def predict_probability(
         overlap: least number of pixels shared by neighbouring tiles. Predictions within
             `overlap // 4` of a tile edge are discarded, so a larger overlap suits a network
             with a larger receptive field. Defaults to 64.
-        tta: average over horizontal and vertical flips (4 passes). Defaults to False.
+        tta: average over horizontal and vertical flips (4 passes). Defaults to the model's
+            own setting (`model_tta`): on for models trained at a working size, where a
+            pass is cheap, off otherwise.
         resize: the longer side, in pixels, to scale the image to first; 0 for the image's own
             scale. Defaults to None: the model's own `working_size` (see `working_size`).
         batch_size: tiles per network call. Defaults to 4.
@@ -224,6 +227,7 @@ def predict_probability(
         float32 array `(height, width)` with values in [0, 1].
     """
     image = _as_rgb(image)
+    tta = model_tta(model) if tta is None else tta
     side = working_size(model) if resize is None else resize
     if side:
         return _predict_scaled(
@@ -256,6 +260,11 @@ def predict_probability(
 def model_threshold(model):
     """The probability above which a model's pixel is foreground: its saved setting, or 0.5."""
     return float(getattr(model, "inference", {}).get("threshold", 0.5))
+
+
+def model_tta(model):
+    """Whether a model's predictions are flip-averaged by default: its saved setting, or no."""
+    return bool(getattr(model, "inference", {}).get("tta", False))
 
 
 def working_size(model):

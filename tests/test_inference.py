@@ -231,6 +231,14 @@ def test_a_model_with_a_working_size_scales_images_to_it_unless_told_otherwise()
     probability = predict_probability(model, image)
     np.testing.assert_array_equal(predict_mask(model, image), probability > 0.3)
     np.testing.assert_array_equal(predict_mask(model, image, threshold=0.6), probability > 0.6)
+    # A model that asks for flip averaging gets it unless told otherwise.
+    model.inference["tta"] = True
+    np.testing.assert_array_equal(
+        predict_probability(model, image), predict_probability(model, image, tta=True)
+    )
+    np.testing.assert_array_equal(
+        predict_probability(model, image, tta=False), probability
+    )
 
 
 def test_overlap_must_leave_room_for_a_tile_step(model):
