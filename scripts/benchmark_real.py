@@ -89,13 +89,16 @@ def build_parser():
         default=",".join(("grabcut", "otsu")), metavar="NAMES",
         help=f"classical baselines, from {', '.join(BASELINES)}; none for none")
     add("--worst", type=int, default=6, metavar="N", help="rows of worst.png (0: no sheet)")
+    add("--size", type=positive, default=None,
+        help="our recipe's working size (default: chosen from the data, as train.py does)")
     add("--quick", action="store_true",
         help="tiny networks and sizes for a smoke test (seconds per run)")
     return parser
 
 
 def _settings(args):
-    return {"data": str(args.data.resolve()), "minutes": args.minutes, "quick": args.quick}
+    return {"data": str(args.data.resolve()), "minutes": args.minutes, "quick": args.quick,
+            "size": args.size}
 
 
 def _prepare(out, settings):
@@ -136,7 +139,7 @@ def _append_row(path, row):
 def _train_ours(args, loss, seed, folder):
     """Our recipe's segmenter, trained (or reloaded from a finished run folder)."""
     if not (folder / "metrics.json").exists():
-        options = QUICK if args.quick else {}
+        options = QUICK if args.quick else ({"size": args.size} if args.size else {})
         config = TrainConfig(
             data=str(args.data), out=str(folder), minutes=args.minutes, loss=loss, seed=seed,
             **options,

@@ -54,7 +54,8 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=128, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0, help="generator seed")
     parser.add_argument(
-        "--difficulty", choices=list(data.PRESETS), default="medium", help="generator preset"
+        "--difficulty", choices=list(data.DIFFICULTIES), default="medium",
+        help="generator preset, or mixed (a stream of several presets)"
     )
     parser.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions")
     parser.add_argument(

@@ -8,8 +8,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from segment.cli import HelpFormatter  # noqa: E402
 from segment.config import TrainConfig  # noqa: E402
+from segment.data import DIFFICULTIES  # noqa: E402
 from segment.losses import LOSSES  # noqa: E402
-from segment.training import DATA_MINUTES, HALVINGS, SYNTHETIC_EPOCHS  # noqa: E402
+from segment.training import (  # noqa: E402
+    DATA_MINUTES,
+    HALVINGS,
+    MAX_WORKING_SIZE,
+    SYNTHETIC_EPOCHS,
+)
 from segment.training import train  # noqa: E402
 
 EXAMPLES = f"""examples:
@@ -28,7 +34,7 @@ how long:
 
 --data and the working size:
   Every image is scaled, keeping its aspect ratio, so that its longer side is the working
-  size (--size; by default the images' median longer side, at most 160), and learnt whole.
+  size (--size; by default the images' median longer side, at most {MAX_WORKING_SIZE}), and learnt whole.
   The model remembers that size: predict.py and evaluate.py scale images the same way.
 
 The run folder gets config.json, model.keras (best validation IoU), history.csv,
@@ -59,7 +65,7 @@ def parse_args(argv):
     add("--batch-size", type=int, default=defaults.batch_size, help="images per batch")
     add("--size", type=int, default=None,
         help="synthetic: training crop side (default 96); --data: working size, the longer "
-        "side images are scaled to (default: their median, at most 160); a multiple of 2**depth")
+        f"side images are scaled to (default: their median, at most {MAX_WORKING_SIZE}); a multiple of 2**depth")
     add("--loss", choices=sorted(LOSSES), default=defaults.loss, help="loss (segment.losses.LOSSES)")
     add("--lr", type=float, default=defaults.lr, help="initial learning rate")
     add("--momentum", type=float, default=defaults.momentum, help="StepHalvingSGD momentum")
@@ -67,8 +73,8 @@ def parse_args(argv):
         help=f"epochs between halvings of the rate (default: {HALVINGS} halvings spread over the run)")
     add("--seed", type=int, default=defaults.seed,
         help="seed of the weights, the data stream and the validation set")
-    add("--difficulty", choices=("easy", "medium", "hard"), default=defaults.difficulty,
-        help="synthetic data preset")
+    add("--difficulty", choices=DIFFICULTIES, default=defaults.difficulty,
+        help="synthetic data: a preset, or mixed (every preset in one stream)")
     add("--val-count", type=int, default=defaults.val_count, help="synthetic validation images")
     add("--val-fraction", type=float, default=defaults.val_fraction,
         help="fraction of --data held out when it has no val/ folder")
@@ -78,7 +84,13 @@ def parse_args(argv):
     add("--depth", type=int, default=defaults.depth, help="2x down-samplings in the U-Net")
     add("--context", choices=("none", "sweep"), default=defaults.context,
         help="sweep: add the recurrent row/column SweepContext block at the bottleneck")
-    add("--mixed-precision", action="store_true", help="bfloat16 on CPU, float16 on GPU")
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument("--mixed-precision", dest="mixed_precision", action="store_true",
+                           default=None, help="bfloat16 on CPU, float16 on GPU (default: on "
+                           "where the hardware computes it natively: a GPU, or a CPU with "
+                           "AVX512-BF16 or AMX)")
+    precision.add_argument("--float32", dest="mixed_precision", action="store_false",
+                           help="train in float32 throughout")
     add("--strategy", choices=("default", "mirrored", "multiworker"), default=defaults.strategy,
         help="tf.distribute strategy")
     add("--jit-compile", action="store_true", help="compile the steps with XLA")

@@ -48,6 +48,7 @@ __all__ = [
     "dataset_splits",
     "find_pairs",
     "folder_dataset",
+    "foreground_fraction",
     "generator_config",
     "load_pairs",
     "read_pair",
@@ -925,6 +926,13 @@ def read_pair(image_path, mask_path, *, threshold=None):
             f"{mask.shape[1]}x{mask.shape[0]} (width x height)"
         )
     return image, mask
+
+
+def foreground_fraction(pairs, *, threshold=None, limit=500):
+    """The mean share of foreground pixels in the masks of `pairs` (at most `limit` of them,
+    evenly spaced, so that a large folder is read quickly)."""
+    step = max(1, len(pairs) // limit)
+    return float(np.mean([read_mask(mask, threshold=threshold).mean() for _, mask in pairs[::step]]))
 
 
 def _read_training_pair(image_path, mask_path, threshold):

@@ -5,6 +5,7 @@ import dataclasses
 import io
 import json
 import math
+import re
 import shutil
 import sys
 import tempfile
@@ -26,18 +27,26 @@ from segment.losses import LOSSES
 from segment.model import build_model
 from segment.optimizers import StepHalvingSGD
 
-__all__ = ["DATA_MINUTES", "HALVINGS", "SYNTHETIC_EPOCHS", "choose_working_size", "train"]
+__all__ = [
+    "DATA_MINUTES",
+    "HALVINGS",
+    "MAX_WORKING_SIZE",
+    "SYNTHETIC_EPOCHS",
+    "choose_working_size",
+    "native_half_precision",
+    "train",
+]
 
 _BACKUP = "backup"
 _VALIDATION_SEED_OFFSET = 1_000_003  # the validation set is drawn from its own stream
 
-SYNTHETIC_EPOCHS = 14  # synthetic shapes, no --epochs or --minutes: about 6 minutes on 2 cores
+SYNTHETIC_EPOCHS = 40  # synthetic shapes, no --epochs or --minutes: about 8 minutes on 2 cores
 DATA_MINUTES = 10.0  # --data, no --epochs or --minutes: a wall-clock budget
 HALVINGS = 4  # rate halvings spread evenly over the run when --halve-every is not given
-SYNTHETIC_SIZE = 96  # synthetic crop side when --size is not given
+SYNTHETIC_SIZE = 128  # synthetic crop side when --size is not given
 # --data working size when --size is not given: the images' own longer side (median over the
 # training set), at most this.
-MAX_WORKING_SIZE = 160
+MAX_WORKING_SIZE = 128
 
 
 def _check(config):
@@ -87,6 +96,17 @@ def _resolve(config, pairs):
             SYNTHETIC_SIZE if pairs is None
             else choose_working_size(pairs[0], multiple=multiple)
         )
+    if config.foreground_prior is None:
+        if pairs is None:
+            _, masks = data.synthetic_arrays(
+                64, size=config.size, difficulty=config.difficulty, seed=config.seed
+            )
+            fraction = float(masks.mean())
+        else:
+            fraction = data.foreground_fraction(pairs[0], threshold=config.threshold)
+        config.foreground_prior = round(min(max(fraction, 0.01), 0.99), 4)
+    if config.mixed_precision is None:
+        config.mixed_precision = native_half_precision()
     if config.epochs is None and config.minutes is None:
         if pairs is None:
             config.epochs = SYNTHETIC_EPOCHS
@@ -140,6 +160,21 @@ def _strategy(name):
 
 def _mixed_precision_policy():
     return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+
+
+def native_half_precision():
+    """Whether this machine computes half precision natively: a GPU, or a CPU whose flags
+    (Linux /proc/cpuinfo) show bfloat16 instructions (AVX512-BF16, AMX, Arm BF16). Elsewhere
+    bfloat16 is emulated and slower than float32."""
+    if tf.config.list_physical_devices("GPU"):
+        return True
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    match = re.search(r"^(?:flags|Features)\s*:\s*(.*)$", text, re.M)
+    flags = set(match.group(1).split()) if match else set()
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def _folder_pairs(config):
@@ -224,8 +259,12 @@ def _build(config):
         base_filters=config.base_filters,
         depth=config.depth,
         context=config.context,
-        # A --data model works on images scaled to the working size; prediction does the same.
-        inference={"working_size": config.size if config.data is not None else None},
+        foreground_prior=config.foreground_prior,
+        # A --data model works on images scaled to the working size; prediction does the same,
+        # and averages the four flips, which at that size costs little (README).
+        inference=(
+            {"working_size": config.size, "tta": True} if config.data is not None else None
+        ),
     )
 
 
@@ -272,17 +311,21 @@ class _StepTimes(keras.callbacks.Callback):
         self.times = []
 
 
-def _epochs_for_budget(config, pairs, strategy, seconds):
-    """How many epochs fit in `seconds`, measured on a throwaway model: a few training steps
-    (after the first, which traces the graph) and one validation pass."""
+def _epochs_for_budget(config, pairs, strategy, deadline):
+    """How many epochs fit before `deadline` (a `time.perf_counter()` value), measured on a
+    throwaway model: 30 training steps and a validation pass, each timed once warm."""
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = _build(config)
         _compile(model, config, halve_every=1)
     train_data, validation = _datasets(config, pairs, 0)
     steps = _StepTimes()
-    model.fit(train_data, epochs=1, steps_per_epoch=12, callbacks=[steps], shuffle=False, verbose=0)
-    step_seconds = (steps.times[-1] - steps.times[3]) / (len(steps.times) - 4)
+    # The first steps trace the graph and warm up the kernels (longer in bfloat16): time the
+    # steps after them, by the median, which an odd slow step does not move.
+    fit_started = time.perf_counter()
+    model.fit(train_data, epochs=1, steps_per_epoch=30, callbacks=[steps], shuffle=False, verbose=0)
+    step_seconds = float(np.median(np.diff(steps.times[10:])))
+    trace_seconds = steps.times[0] - fit_started
     mean_iou(model_method(model), validation)  # traces the prediction graph
     started = time.perf_counter()
     mean_iou(model_method(model), validation)
@@ -293,8 +336,8 @@ def _epochs_for_budget(config, pairs, strategy, seconds):
         save_seconds = time.perf_counter() - started
     seconds_per_epoch = config.steps_per_epoch * step_seconds + validation_seconds + 2 * save_seconds
     # What follows the last epoch: loading the best model and scoring it in full, about two
-    # validation passes; and the first epoch traces the training graph once more.
-    remaining = seconds - 2 * validation_seconds - 4 * step_seconds
+    # validation passes; and the real run traces the training graph once more.
+    remaining = deadline - time.perf_counter() - 2 * validation_seconds - trace_seconds
     return max(1, int(remaining / seconds_per_epoch))
 
 
@@ -368,8 +411,8 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
         strategy = _strategy(config.strategy)
         try:
             if config.epochs is None:
-                budget = config.minutes * 60 - (time.perf_counter() - started)
-                config.epochs = _epochs_for_budget(config, pairs, strategy, budget)
+                deadline = started + config.minutes * 60
+                config.epochs = _epochs_for_budget(config, pairs, strategy, deadline)
                 config.to_json(folder / "config.json")
             keras.utils.set_random_seed(config.seed)
             with strategy.scope():
