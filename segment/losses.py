@@ -250,19 +250,19 @@ class CompositeLoss(keras.losses.Loss):
 
     Args:
         mse_weight: weight of the pixel-wise MSE. Defaults to `1.0`.
-        overlap_weight: weight of the soft Dice loss. Defaults to `1.0`.
         smooth_weight: weight of the total-variation excess. Defaults to `0.2`.
         connect_weight: weight of the soft clDice term. Defaults to `0.0`.
         skeleton_iterations: erosion steps of the soft skeleton. Defaults to `5`.
+        overlap_weight: weight of the soft Dice loss. Defaults to `1.0`.
     """
 
     def __init__(
         self,
         mse_weight=1.0,
-        overlap_weight=1.0,
         smooth_weight=0.2,
         connect_weight=0.0,
         skeleton_iterations=5,
+        overlap_weight=1.0,
         name="composite_loss",
         **kwargs,
     ):
