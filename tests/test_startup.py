@@ -20,7 +20,7 @@ def _stderr(*args, **env):
 
 def test_importing_the_package_and_running_a_script_print_no_start_up_lines():
     for args in (["-c", "import segment, tensorflow as tf; print(tf.constant(1.0) + 1)"],
-                 ["scripts/predict.py", "--help"]):
+                 ["scripts/predict.py", "--help"], ["scripts/benchmark_real.py", "--help"]):
         stderr = _stderr(*args)
         for marker in ("oneDNN", "cuda", "cuInit", "absl", "I0000", "E0000"):
             assert marker not in stderr, (args, stderr)
