@@ -131,6 +131,7 @@ def train_plain_unet(pairs, *, minutes, batch_size=16, seed=0, threshold=None, v
         epochs=1_000_000,  # until the deadline
         steps_per_epoch=steps_per_epoch,
         callbacks=[_Deadline(deadline)],
+        shuffle=False,  # the dataset shuffles itself
         verbose=verbose,
     )
     steps = int(model.optimizer.iterations.numpy())
