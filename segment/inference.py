@@ -31,6 +31,7 @@ from tqdm import tqdm
 # safe-mode loading needs to rebuild a saved segmenter without `custom_objects`.
 import segment  # noqa: F401
 from segment.imageio import DataError, is_image_file, read_image, scale_image, scaled_shape, write_png
+from segment.model import DEFAULT_INFERENCE
 
 __all__ = [
     "error_picture",
@@ -257,14 +258,20 @@ def predict_probability(
     return np.clip(accumulated, 0.0, 1.0, out=accumulated)
 
 
+def _inference_setting(model, key):
+    """One of the settings saved with a `SegmentationModel`; `DEFAULT_INFERENCE`'s for any
+    other model."""
+    return getattr(model, "inference", {}).get(key, DEFAULT_INFERENCE[key])
+
+
 def model_threshold(model):
     """The probability above which a model's pixel is foreground: its saved setting, or 0.5."""
-    return float(getattr(model, "inference", {}).get("threshold", 0.5))
+    return float(_inference_setting(model, "threshold"))
 
 
 def model_tta(model):
     """Whether a model's predictions are flip-averaged by default: its saved setting, or no."""
-    return bool(getattr(model, "inference", {}).get("tta", False))
+    return bool(_inference_setting(model, "tta"))
 
 
 def working_size(model):
@@ -273,7 +280,7 @@ def working_size(model):
     Read from the settings saved with a `SegmentationModel` (`model.inference`); any other
     model is taken to work at the images' own scale.
     """
-    side = getattr(model, "inference", {}).get("working_size")
+    side = _inference_setting(model, "working_size")
     return int(side) if side else None
 
 
