@@ -92,7 +92,9 @@ def parse_args(argv):
     precision.add_argument("--float32", dest="mixed_precision", action="store_false",
                            help="train in float32 throughout")
     add("--strategy", choices=("default", "mirrored", "multiworker"), default=defaults.strategy,
-        help="tf.distribute strategy")
+        help="tf.distribute strategy; multiworker: one process per machine, placed by "
+        "TF_CONFIG, with --out on shared storage and --epochs (README, \"Training on several "
+        "machines\")")
     add("--jit-compile", action="store_true", help="compile the steps with XLA")
     add("--resume", metavar="DIR", default=None, help="continue a run folder from its last epoch")
     add("--overwrite", action="store_true", help="replace the outputs of an existing --out")
@@ -109,6 +111,9 @@ def main(argv=None):
     except (ValueError, OSError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if folder is None:
+        print(f"worker done; the chief wrote {config.out}")
+        return 0
     print(
         f"validation IoU {results['iou']:.4f}, Dice {results['dice']:.4f}, "
         f"spurious {results['spurious']:.2f}/image, b0 error {results['b0_error']:.2f}/image; "

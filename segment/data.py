@@ -57,6 +57,7 @@ __all__ = [
     "DATASET_STREAM",
     "split_pairs",
     "synthetic_arrays",
+    "stream_positions",
     "synthetic_dataset",
     "write_folder",
 ]
@@ -747,7 +748,41 @@ def _batched_dataset(make_batch, indices, *, shape, batch_size, drop_remainder):
     )
 
 
-def synthetic_dataset(*, size=128, batch_size=16, difficulty="medium", seed=0, start=0, **overrides):
+def stream_positions(start=0, *, batch_size, shard=None):
+    """The sample positions an endless stream reads, and the rows per batch it yields.
+
+    Unsharded: `start, start + 1, ...` in batches of `batch_size`. With `shard=(index,
+    count)`, the stream is one of `count` workers that together make each global batch of
+    `batch_size` samples: it yields rows `index * b` to `(index + 1) * b - 1` of every global
+    batch, `b = batch_size // count`, so the workers read different samples and their batches
+    side by side are exactly the unsharded stream's.
+
+    Returns:
+        `(positions, rows)`: an int64 `tf.data.Dataset` of positions and the batch size.
+
+    Raises:
+        ValueError: `batch_size` not a multiple of `count`, or `start` not a whole number of
+            global batches.
+    """
+    if shard is None:
+        return tf.data.Dataset.counter(start), batch_size
+    index, count = shard
+    if not 0 <= index < count or batch_size % count or start % batch_size:
+        raise ValueError(
+            f"Cannot take shard {index} of {count} from batches of {batch_size} starting at "
+            f"sample {start}: the batch size must be a multiple of the number of workers"
+        )
+    rows = batch_size // count
+    first = start + index * rows
+    positions = tf.data.Dataset.counter().map(
+        lambda i: first + (i // rows) * batch_size + i % rows
+    )
+    return positions, rows
+
+
+def synthetic_dataset(
+    *, size=128, batch_size=16, difficulty="medium", seed=0, start=0, shard=None, **overrides
+):
     """An endless, parallel `tf.data` stream of synthetic batches.
 
     Sample `i` of the stream (batch `i // batch_size`, row `i % batch_size`) equals sample `i`
@@ -755,15 +790,17 @@ def synthetic_dataset(*, size=128, batch_size=16, difficulty="medium", seed=0, s
 
     Args:
         size: image side, or `(height, width)`. Defaults to 128.
-        batch_size: samples per batch. Defaults to 16.
+        batch_size: samples per (global) batch. Defaults to 16.
         difficulty: preset name. Defaults to `"medium"`.
         seed: stream seed. Defaults to 0.
         start: index of the first sample, to resume a stream where it stopped. Defaults to 0.
+        shard: `(index, count)`: this worker's share of every batch (`stream_positions`).
+            Defaults to None (the whole stream).
         **overrides: generator settings replacing the preset's.
 
     Returns:
-        A `tf.data.Dataset` of `(images, masks)`, float32 `(batch_size, height, width, 3)` and
-        `(batch_size, height, width, 1)`.
+        A `tf.data.Dataset` of `(images, masks)`, float32 `(rows, height, width, 3)` and
+        `(rows, height, width, 1)`, `rows = batch_size // count`.
     """
     config = generator_config(difficulty, **overrides)
     shape = _size_hw(size)
@@ -771,13 +808,8 @@ def synthetic_dataset(*, size=128, batch_size=16, difficulty="medium", seed=0, s
     def make_batch(indices):
         return _stack([make_sample(sample_rng(seed, int(i)), shape, config) for i in indices])
 
-    return _batched_dataset(
-        make_batch,
-        tf.data.Dataset.counter(start),
-        shape=shape,
-        batch_size=batch_size,
-        drop_remainder=True,
-    )
+    positions, rows = stream_positions(start, batch_size=batch_size, shard=shard)
+    return _batched_dataset(make_batch, positions, shape=shape, batch_size=rows, drop_remainder=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1019,7 +1051,8 @@ def _augment(rng, image, mask, side):
 
 
 def folder_dataset(
-    pairs, *, size, batch_size, augment=True, seed=0, repeat=True, threshold=None, start=0
+    pairs, *, size, batch_size, augment=True, seed=0, repeat=True, threshold=None, start=0,
+    shard=None,
 ):
     """A `tf.data` stream of batches from image/mask pairs, whole images at a working size.
 
@@ -1042,6 +1075,8 @@ def folder_dataset(
         threshold: passed to `read_mask`. Defaults to None (strict binary masks).
         start: with `repeat`, the stream position to begin at, to resume training where it
             stopped. Defaults to 0.
+        shard: with `repeat`, `(index, count)`: this worker's share of every batch
+            (`stream_positions`). Defaults to None (the whole stream).
 
     Returns:
         A `tf.data.Dataset` of `(images, masks)`, float32 `(batch, size, size, 3)` and
@@ -1082,9 +1117,12 @@ def folder_dataset(
     def make_batch(positions):
         return _stack([make_sample_at(int(position)) for position in positions])
 
-    indices = tf.data.Dataset.counter(start) if repeat else tf.data.Dataset.range(count)
+    if repeat:
+        positions, rows = stream_positions(start, batch_size=batch_size, shard=shard)
+    else:
+        positions, rows = tf.data.Dataset.range(count), batch_size
     return _batched_dataset(
-        make_batch, indices, shape=(side, side), batch_size=batch_size, drop_remainder=repeat
+        make_batch, positions, shape=(side, side), batch_size=rows, drop_remainder=repeat
     )
 
 

@@ -20,6 +20,15 @@ def _unscale_for_distribution(loss):
     return loss * replicas if replicas > 1 else loss
 
 
+def spans_workers(strategy):
+    """Whether a `tf.distribute` strategy runs across several worker processes (a
+    `MultiWorkerMirroredStrategy` with a cluster of more than one task)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return False
+    return sum(len(tasks) for tasks in resolver.cluster_spec().as_dict().values()) > 1
+
+
 @keras.saving.register_keras_serializable(package="segment")
 class SegmentationModel(keras.Model):
     """A `keras.Model` with its own `train_step` and `test_step`, in the Keras 3 style.
@@ -80,7 +89,7 @@ class SegmentationModel(keras.Model):
         gradients = tape.gradient(scaled_loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
         self._track_loss(x, loss)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        return self._logs(self.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -89,7 +98,30 @@ class SegmentationModel(keras.Model):
             x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False
         )
         self._track_loss(x, loss)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        return self._logs(self.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
+
+    # Two places where Keras 3's TensorFlow trainer fails across worker processes
+    # (keras-team/keras#20585); both only matter under a multi-worker strategy.
+
+    def _logs(self, logs):
+        # Across workers Keras averages each step's logs with `strategy.reduce("MEAN", value,
+        # axis=0)`, which needs an axis: give each scalar one; the reduction then returns
+        # the workers' mean as a scalar.
+        if not spans_workers(self.distribute_strategy):
+            return logs
+        return {name: tf.reshape(value, (1,)) for name, value in logs.items()}
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras builds the model from a first batch averaged over all replicas, a reduction
+        # that fails across workers; the local replica's batch has the same shapes.
+        if iterator is not None and data_batch is None and spans_workers(self.distribute_strategy):
+            for _, _, batches in iterator:
+                data_batch = next(batches)
+                break
+            local = self.distribute_strategy.experimental_local_results
+            data_batch = keras.tree.map_structure(lambda value: local(value)[0], data_batch)
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
 
 def _conv(filters, kernel_size, name):

@@ -24,7 +24,7 @@ from segment.evaluation import evaluate_samples, mean_iou, model_method, summari
 from segment.imageio import DataError, write_text
 from segment.inference import load_segmenter
 from segment.losses import LOSSES
-from segment.model import build_model
+from segment.model import build_model, spans_workers
 from segment.optimizers import StepHalvingSGD
 
 __all__ = [
@@ -68,6 +68,11 @@ def _check(config):
         raise ValueError(f"--minutes must be positive, got {config.minutes}")
     if config.epochs is not None and config.minutes is not None:
         raise ValueError("give --epochs or --minutes, not both")
+    if config.strategy == "multiworker" and config.out is None:
+        raise ValueError(
+            "--strategy multiworker needs --out: the same run folder for every worker, on "
+            "storage they share (the chief writes it, every worker resumes from its backup)"
+        )
 
 
 def choose_working_size(pairs, *, multiple, largest=MAX_WORKING_SIZE):
@@ -158,6 +163,22 @@ def _strategy(name):
     return tf.distribute.get_strategy()
 
 
+def _is_chief(strategy):
+    """Whether this process writes the run folder: the only process, the `chief` task, or
+    worker 0 of a cluster without one (TF_CONFIG)."""
+    if not spans_workers(strategy):
+        return True
+    resolver = strategy.cluster_resolver
+    if "chief" in resolver.cluster_spec().as_dict():
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and resolver.task_id == 0
+
+
+def _unfinished(folder):
+    """Whether `folder` holds a run that stopped before its end (it has a backup)."""
+    return folder is not None and (Path(folder) / _BACKUP).exists()
+
+
 def _mixed_precision_policy():
     return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
 
@@ -215,12 +236,13 @@ class _FolderSamples:
             yield Path(image_path).name, image, mask
 
 
-def _datasets(config, pairs, start):
+def _datasets(config, pairs, start, shard=None):
     """The training stream (resumed at sample `start`) and the validation samples.
 
-    `pairs` is `_folder_pairs(config)` for `--data`, None for the synthetic stream. The
-    validation samples are `(name, image, truth)` at the images' own size: validation runs
-    the model as prediction does.
+    `pairs` is `_folder_pairs(config)` for `--data`, None for the synthetic stream; `shard`
+    is `(worker, workers)` for one worker's share of each batch. The validation samples are
+    `(name, image, truth)` at the images' own size: validation runs the model as prediction
+    does.
     """
     if pairs is None:
         train = data.synthetic_dataset(
@@ -229,6 +251,7 @@ def _datasets(config, pairs, start):
             difficulty=config.difficulty,
             seed=config.seed,
             start=start,
+            shard=shard,
         )
         images, masks = data.synthetic_arrays(
             config.val_count,
@@ -250,8 +273,25 @@ def _datasets(config, pairs, start):
         seed=config.seed,
         threshold=config.threshold,
         start=start,
+        shard=shard,
     )
     return train, _FolderSamples(val_pairs, config.threshold)
+
+
+def _distributed_stream(config, pairs, start, strategy):
+    """Each worker's share of the training stream, as a distributed dataset: worker `i` of
+    `n` reads rows `i * b` to `(i + 1) * b - 1` of every batch, `b = batch_size / n`."""
+
+    def worker_stream(context):
+        if context.num_replicas_in_sync != context.num_input_pipelines:
+            raise ValueError(
+                f"--strategy multiworker takes one device per worker; this cluster has "
+                f"{context.num_replicas_in_sync} devices on {context.num_input_pipelines} workers"
+            )
+        shard = (context.input_pipeline_id, context.num_input_pipelines)
+        return _datasets(config, pairs, start, shard=shard)[0]
+
+    return strategy.distribute_datasets_from_function(worker_stream)
 
 
 def _build(config):
@@ -284,13 +324,20 @@ class _Validation(keras.callbacks.Callback):
     validation samples, segmented as `predict.py` segments (`segment.evaluation.model_method`).
     """
 
-    def __init__(self, samples):
+    def __init__(self, samples, local_model=None):
         super().__init__()
         self.samples = samples
+        # Across workers, Keras's prediction gathers every worker's outputs: validation then
+        # runs on a copy of the model that lives outside the strategy.
+        self.local_model = local_model
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["val_iou"] = mean_iou(model_method(self.model), self.samples)
+            model = self.model
+            if self.local_model is not None:
+                self.local_model.set_weights(model.get_weights())
+                model = self.local_model
+            logs["val_iou"] = mean_iou(model_method(model), self.samples)
 
 
 class _LearningRate(keras.callbacks.Callback):
@@ -382,6 +429,13 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
     then fixes the number of epochs that fit the budget (recorded in `config.json`) and trains
     exactly as `epochs=N` would, from the same initial weights.
 
+    With `strategy="multiworker"` (one process per machine, each given its place by
+    `TF_CONFIG`), each worker reads its own share of every batch and the gradients are summed
+    across workers, so the run equals a single process's with the same batch size. Only the
+    chief (the `chief` task, else worker 0) writes the run folder; the others write nothing.
+    The run folder must be on storage every worker reads: after a failure, starting every
+    worker again with the same command continues from the chief's last backup.
+
     Args:
         config: a `TrainConfig`. Ignored when `resume` is given (the run's own config is used).
         resume: a run folder to continue from its last completed epoch. Defaults to None.
@@ -390,7 +444,8 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
         verbose: Keras progress: 1 (bar), 2 (a line per epoch); defaults to 1 on a terminal.
 
     Returns:
-        `(run_folder, metrics)`: the `Path` of the run folder and the dict in `metrics.json`.
+        `(run_folder, metrics)`: the `Path` of the run folder and the dict in `metrics.json`;
+        `(None, None)` on a worker that is not the chief.
 
     Raises:
         ValueError: a setting the network or data cannot take (including `DataError` for
@@ -400,15 +455,30 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
     if resume:
         config = TrainConfig.from_json(Path(resume) / "config.json")
     _check(config)
+    # First: a multi-worker strategy must exist before any other TensorFlow work.
+    strategy = _strategy(config.strategy)
+    across_workers = spans_workers(strategy)
+    chief = _is_chief(strategy)
+    if across_workers and not resume and _unfinished(config.out):
+        # Every worker started again with the same command continues the interrupted run.
+        resume = config.out
+        config = TrainConfig.from_json(Path(resume) / "config.json")
     pairs = None if config.data is None else _folder_pairs(config)
     config = _resolve(config, pairs)
     _check(dataclasses.replace(config, minutes=None))
-    folder, created = _prepare_run_folder(config, resume=resume, overwrite=overwrite)
+    if across_workers and config.epochs is None:
+        raise ValueError(
+            "--strategy multiworker needs --epochs: every worker must run the same number of "
+            "epochs, and a --minutes budget would be measured on each machine apart"
+        )
+    if chief:
+        folder, created = _prepare_run_folder(config, resume=resume, overwrite=overwrite)
+    else:  # writes nothing; reads the chief's backup
+        folder, created = None, False
     previous_policy = keras.mixed_precision.global_policy()
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy(_mixed_precision_policy())
     try:
-        strategy = _strategy(config.strategy)
         try:
             if config.epochs is None:
                 deadline = started + config.minutes * 60
@@ -418,52 +488,56 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
             with strategy.scope():
                 model = _build(config)
                 _compile(model, config, halve_every=_halve_every_steps(config))
-            backup = keras.callbacks.BackupAndRestore(str(folder / _BACKUP))
+            backup = keras.callbacks.BackupAndRestore(str(Path(config.out) / _BACKUP))
             # Restore now rather than inside fit: the data stream must resume where it stopped.
             backup.set_model(model)
-            backup.on_train_begin()
+            with strategy.scope():
+                backup.on_train_begin()
             start = int(model.optimizer.iterations.numpy()) * config.batch_size
             initial_epoch = start // (config.batch_size * config.steps_per_epoch)
             train_data, validation = _datasets(config, pairs, start)
+            if across_workers:
+                train_data = _distributed_stream(config, pairs, start, strategy)
         except (DataError, ValueError):
             if created:  # an unreadable file: leave nothing behind for a run that never started
                 shutil.rmtree(folder)
             raise
-        best = _history_best(folder / "history.csv", initial_epoch)
-
-        checkpoint = keras.callbacks.ModelCheckpoint(
-            str(folder / "model.keras"),
-            monitor="val_iou",
-            mode="max",
-            save_best_only=True,
-            initial_value_threshold=best,
-        )
-        own_callbacks = [
-            _Validation(validation),  # first: the callbacks below read its val_iou
-            _LearningRate(),
-            keras.callbacks.TerminateOnNaN(),
-            keras.callbacks.CSVLogger(str(folder / "history.csv"), append=True),
-            checkpoint,
-            keras.callbacks.TensorBoard(
-                str(folder / "logs"), write_graph=False, profile_batch=0
-            ),
-            backup,  # last: an epoch counts as done only once everything above has seen it
-        ]
+        if chief:
+            own_callbacks = _run_folder_callbacks(
+                folder,
+                validation,
+                backup,
+                best=_history_best(folder / "history.csv", initial_epoch),
+                local_model=_build(config) if across_workers else None,
+            )
+        else:
+            own_callbacks = [keras.callbacks.TerminateOnNaN()]
         if verbose is None:
             verbose = 1 if sys.stdout.isatty() else 2
         fit_started = time.perf_counter()
-        model.fit(
-            train_data,
-            epochs=config.epochs,
-            steps_per_epoch=config.steps_per_epoch,
-            initial_epoch=initial_epoch,
-            shuffle=False,  # the streams are already in their seeded order
-            callbacks=own_callbacks + list(callbacks),
-            verbose=verbose,
-        )
+        try:
+            model.fit(
+                train_data,
+                epochs=config.epochs,
+                steps_per_epoch=config.steps_per_epoch,
+                initial_epoch=initial_epoch,
+                shuffle=False,  # the streams are already in their seeded order
+                callbacks=own_callbacks + list(callbacks),
+                verbose=verbose,
+            )
+        except tf.errors.OpError as error:
+            if not across_workers:
+                raise
+            reason = re.sub(r"\{\{.*?\}\}\s*", "", str(error.message)).strip().splitlines()[0]
+            raise RuntimeError(
+                f"lost another worker ({reason}); start every worker again with the same "
+                "command to continue from the last completed epoch"
+            ) from None
         seconds = time.perf_counter() - fit_started
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+    if not chief:
+        return None, None
 
     stopped_early = bool(model.stop_training)  # TerminateOnNaN, or a caller's callback
     if not (folder / "model.keras").exists():
@@ -481,3 +555,23 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
     )
     write_text(folder / "metrics.json", json.dumps(results, indent=2) + "\n")
     return folder, results
+
+
+def _run_folder_callbacks(folder, validation, backup, *, best, local_model):
+    """What the chief runs after each epoch: validation, then everything it writes."""
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        str(folder / "model.keras"),
+        monitor="val_iou",
+        mode="max",
+        save_best_only=True,
+        initial_value_threshold=best,
+    )
+    return [
+        _Validation(validation, local_model),  # first: the callbacks below read its val_iou
+        _LearningRate(),
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.CSVLogger(str(folder / "history.csv"), append=True),
+        checkpoint,
+        keras.callbacks.TensorBoard(str(folder / "logs"), write_graph=False, profile_batch=0),
+        backup,  # last: an epoch counts as done only once everything above has seen it
+    ]

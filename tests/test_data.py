@@ -372,6 +372,39 @@ def test_folder_dataset_is_seeded(tmp_path):
     assert not np.array_equal(first_batch(5)[0], first_batch(6)[0])
 
 
+def _batches(dataset, count):
+    return [batch for batch, _ in zip(dataset.as_numpy_iterator(), range(count))]
+
+
+@pytest.mark.parametrize("source", ["synthetic", "folder"])
+def test_worker_shards_side_by_side_are_the_whole_stream(tmp_path, source):
+    # Two workers each read their half of every batch of 4, resumed at sample 8: stacked row
+    # by row they must be the unsharded stream's batches, and share no sample.
+    if source == "synthetic":
+        def stream(shard):
+            return data.synthetic_dataset(size=16, batch_size=4, seed=2, start=8, shard=shard)
+    else:
+        pairs = _mask_like_images(tmp_path)
+
+        def stream(shard):
+            return data.folder_dataset(pairs, size=16, batch_size=4, seed=2, start=8, shard=shard)
+
+    whole = _batches(stream(None), 3)
+    first, second = _batches(stream((0, 2)), 3), _batches(stream((1, 2)), 3)
+    for batch, a, b in zip(whole, first, second):
+        assert a[0].shape == (2, 16, 16, 3)
+        np.testing.assert_array_equal(np.concatenate([a[0], b[0]]), batch[0])
+        np.testing.assert_array_equal(np.concatenate([a[1], b[1]]), batch[1])
+
+
+def test_stream_positions_shard_rows_of_each_global_batch():
+    positions, rows = data.stream_positions(12, batch_size=6, shard=(2, 3))
+    assert rows == 2
+    assert list(positions.take(6).as_numpy_iterator()) == [16, 17, 22, 23, 28, 29]
+    with pytest.raises(ValueError, match="multiple of the number of workers"):
+        data.stream_positions(0, batch_size=5, shard=(0, 2))
+
+
 def test_folder_dataset_single_pass_without_augmentation_is_the_prediction_view(tmp_path):
     images, masks = data.synthetic_arrays(5, size=(30, 20), seed=4)
     pairs = data.write_folder(tmp_path, images, masks)

@@ -159,6 +159,12 @@ def test_bad_arguments_exit_2_with_one_line(train_script, tmp_path, capsys, extr
     assert error.startswith("error:") and message in error and "\n" not in error
 
 
+def test_multiworker_without_a_shared_run_folder_is_refused(train_script, capsys):
+    assert train_script.main(TINY + ["--strategy", "multiworker"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: --strategy multiworker needs --out") and "\n" not in error
+
+
 def test_unpaired_files_and_existing_out_are_refused(train_script, tmp_path, capsys):
     images, masks = data.synthetic_arrays(3, size=32, difficulty="easy", seed=1)
     data.write_folder(tmp_path / "shapes", images, masks)
