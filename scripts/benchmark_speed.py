@@ -4,7 +4,8 @@ Training images/s of the segmenter as written (InstanceNormalize, StepHalvingSGD
 SegmentationModel's own train_step) against the same network built from stock Keras
 (GroupNormalization(groups=-1), SGD + ExponentialDecay, plain keras.Model), in float32 and in
 mixed_bfloat16; the cost of the composite loss; XLA; achieved GFLOP/s against the CPU's nominal
-float32 peak; inference and tiled-prediction speed; and the synthetic generator's speed.
+float32 peak; inference and tiled-prediction speed per backend (Keras float32 and
+mixed_bfloat16, and the exported model in onnxruntime and LiteRT); and the synthetic generator.
 
 Every measurement is repeated, the repeats of all variants are interleaved (variant A, B, C,
 then A, B, C again, ...) and the median is reported, so that load from other processes hits
@@ -18,6 +19,7 @@ import platform
 import re
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from tqdm import tqdm  # noqa: E402
 
 from segment.cli import HelpFormatter  # noqa: E402
 from segment.data import synthetic_arrays, synthetic_dataset  # noqa: E402
+from segment.imageio import DataError  # noqa: E402
 from segment.inference import predict_probability  # noqa: E402
 from segment.layers import InstanceNormalize  # noqa: E402
 from segment.losses import CompositeLoss  # noqa: E402
@@ -248,6 +251,21 @@ def _seconds(function):
 # The benchmark
 
 
+def exported_backends(model, folder):
+    """`{"onnxruntime": ..., "litert": ...}`: `model` exported into `folder` and loaded, or
+    `{}` without the export extra (`pip install -e ".[export]"`)."""
+    try:
+        from segment.export import export_model, load_exported
+
+        backends = {}
+        for format, name, suffix in (("onnx", "onnxruntime", ".onnx"), ("litert", "litert", ".tflite")):
+            backends[name] = load_exported(export_model(model, folder / f"model{suffix}", format))
+        return backends
+    except DataError as error:
+        print(f"exported backends left out: {error}", flush=True)
+        return {}
+
+
 def run_benchmark(settings, *, xla=True):
     """Measure everything; returns the results dict that `--json` writes."""
     size, batch_size, steps = settings["size"], settings["batch_size"], settings["steps"]
@@ -305,45 +323,53 @@ def run_benchmark(settings, *, xla=True):
         samples["custom_float32"], samples["custom_float32_composite"]
     )
 
-    # Inference: the custom models, one batch at inference_size.
+    # Inference, per backend: the custom model in Keras (float32, mixed_bfloat16) and, when
+    # the export extra is installed, its float32 weights exported to ONNX and LiteRT.
+    backends = {policy: models[f"custom_{policy}"] for policy in POLICIES}
+    with tempfile.TemporaryDirectory() as folder:
+        backends.update(exported_backends(models["custom_float32"], Path(folder)))
+    results["backends"] = list(backends)
+
+    # One batch at inference_size.
     inference_size, inference_batch = settings["inference_size"], settings["inference_batch"]
     batch = synthetic_arrays(inference_batch, size=inference_size, seed=1)[0]
 
-    def infer(policy):
-        model = models[f"custom_{policy}"]
+    def infer(name):
+        model = backends[name]
         return lambda: inference_batch / _seconds(lambda: model.predict_on_batch(batch))
 
-    for policy in POLICIES:
-        infer(policy)()  # traces the predict function at this size
-    inference = interleaved({policy: infer(policy) for policy in POLICIES}, repeats, "inference")
+    for name in backends:
+        infer(name)()  # traces the predict function (sizes the graph) at this size
+    inference = interleaved({name: infer(name) for name in backends}, repeats, "inference")
     results["samples"]["inference_img_s"] = inference
     results["inference_bf16_speedup"] = paired_ratio(
         inference["mixed_bfloat16"], inference["float32"]
     )
-    inference = {policy: statistics.median(values) for policy, values in inference.items()}
     inference_flops = forward_flops(settings, inference_size, inference_size)
     results["inference_gflop_per_image"] = inference_flops / 1e9
-    for policy in POLICIES:
-        results[f"inference_{policy}_img_s"] = inference[policy]
-        results[f"inference_{policy}_gflops"] = inference[policy] * inference_flops / 1e9
+    for name, values in inference.items():
+        results[f"inference_{name}_img_s"] = statistics.median(values)
+        results[f"inference_{name}_gflops"] = statistics.median(values) * inference_flops / 1e9
+        results[f"inference_{name}_speedup"] = paired_ratio(values, inference["float32"])
 
     # One large image through tiled prediction.
     large = synthetic_arrays(1, size=settings["tiled_size"], seed=2)[0][0]
 
-    def tiled(policy):
-        model = models[f"custom_{policy}"]
+    def tiled(name):
+        model = backends[name]
         return lambda: _seconds(
             lambda: predict_probability(
                 model, large, tile=settings["tile"], overlap=settings["overlap"]
             )
         )
 
-    for policy in POLICIES:
-        tiled(policy)()
-    tiled_seconds = interleaved({policy: tiled(policy) for policy in POLICIES}, repeats, "tiled")
+    for name in backends:
+        tiled(name)()
+    tiled_seconds = interleaved({name: tiled(name) for name in backends}, repeats, "tiled")
     results["samples"]["tiled_seconds"] = tiled_seconds
-    for policy in POLICIES:
-        results[f"tiled_{policy}_seconds"] = statistics.median(tiled_seconds[policy])
+    for name, values in tiled_seconds.items():
+        results[f"tiled_{name}_seconds"] = statistics.median(values)
+        results[f"tiled_{name}_speedup"] = paired_ratio(tiled_seconds["float32"], values)
 
     # The synthetic generator: its tf.data stream, as training consumes it.
     stream = iter(synthetic_dataset(size=size, batch_size=batch_size, seed=3))
@@ -393,13 +419,31 @@ def markdown_table(results):
                        ("inference GFLOP/s (% of fp32 peak)", "inference_{}_gflops")):
         cells = [_percent(results[key.format(policy)], peak) for policy in POLICIES]
         lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    backends = [name for name in results.get("backends", POLICIES) if name not in POLICIES]
+    if backends:
+        lines += [
+            "",
+            f"| inference backend | img/s ({settings['inference_size']}x"
+            f"{settings['inference_size']}, batch {settings['inference_batch']}) | x Keras float32 "
+            f"| one {settings['tiled_size']}x{settings['tiled_size']} image, tiled (s) | "
+            "x Keras float32 |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        labels = {"float32": "Keras float32", "mixed_bfloat16": "Keras mixed_bfloat16",
+                  "onnxruntime": "onnxruntime (float32)", "litert": "LiteRT (float32)"}
+        for name in [*POLICIES, *backends]:
+            lines.append(
+                f"| {labels.get(name, name)} | {results[f'inference_{name}_img_s']:.1f} | "
+                f"{results[f'inference_{name}_speedup']:.2f} | "
+                f"{results[f'tiled_{name}_seconds']:.2f} | {results[f'tiled_{name}_speedup']:.2f} |"
+            )
     notes = [
         "",
         f"- mixed_bfloat16 / float32 speed-up: training {results['bf16_speedup_custom']:.2f}x "
         f"(stock Keras {results['bf16_speedup_stock']:.2f}x), inference "
         f"{results['inference_bf16_speedup']:.2f}x.",
-        f"- Loss: the throughput rows use MSE for both models. The composite loss (MSE + TV "
-        f"excess + soft clDice) trains at {results['train_custom_float32_composite_img_s']:.1f} "
+        f"- Loss: the throughput rows use MSE for both models. The composite loss (MSE + soft Dice + TV "
+        f"excess) trains at {results['train_custom_float32_composite_img_s']:.1f} "
         f"img/s in float32: {results['composite_loss_cost_ratio']:.2f}x the time of MSE.",
         f"- Synthetic generator (tf.data, {size}x{size}): {results['generator_img_s']:.0f} img/s.",
         f"- FLOPs counted from the convolutions: {results['training_gflop_per_image']:.2f} GFLOP "

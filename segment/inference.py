@@ -68,15 +68,16 @@ _OUTLINE_COLOUR = (255, 255, 0)  # yellow: visible on both the tint and most pho
 def load_segmenter(path):
     """Load a saved segmenter in Keras safe mode, for inference only.
 
-    Only the native `.keras` archive is accepted. Safe mode refuses Python lambdas (which are
-    stored as bytecode) and classes that are not registered with Keras; nothing in the file is
-    unpickled or evaluated.
+    A native `.keras` archive is loaded in Keras safe mode, which refuses Python lambdas
+    (stored as bytecode) and classes that are not registered with Keras; nothing in the file
+    is unpickled or evaluated. An exported `.onnx` or `.tflite` file (`scripts/export.py`)
+    is opened with onnxruntime or LiteRT (`segment.export.load_exported`).
 
     Args:
-        path: a `model.keras` file written by training.
+        path: a `model.keras` file written by training, or an exported model.
 
     Returns:
-        The `keras.Model`, uncompiled.
+        The `keras.Model`, uncompiled (or the exported model behind the same interface).
 
     Raises:
         DataError: the file is missing, not a Keras model, corrupt, or holds code or classes
@@ -85,8 +86,14 @@ def load_segmenter(path):
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such model file")
+    if path.suffix.lower() in (".onnx", ".tflite"):
+        from segment.export import load_exported
+
+        return load_exported(path)
     if path.suffix.lower() != ".keras":
-        raise DataError(f"{path}: not a .keras model file (re-save the model with model.save)")
+        raise DataError(
+            f"{path}: not a model file (.keras, or .onnx/.tflite from scripts/export.py)"
+        )
     try:
         return keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as error:  # Keras reports bad files as ValueError, TypeError, KeyError...

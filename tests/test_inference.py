@@ -336,7 +336,7 @@ def _write_zip(path):
         ("junk.keras", _write_file(b"\x00garbage"), "not a Keras model file"),
         ("empty.keras", _write_file(b""), "not a Keras model file"),
         ("other.keras", _write_zip, "not a Keras model file"),
-        ("model.h5", _write_file(b"\x89HDF\r\n"), "not a .keras model file"),
+        ("model.h5", _write_file(b"\x89HDF\r\n"), "not a model file"),
     ],
 )
 def test_load_segmenter_refuses_with_one_line_naming_the_file(tmp_path, name, make, reason):

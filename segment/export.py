@@ -1,0 +1,295 @@
+"""Exported segmenters: writing ONNX, LiteRT and SavedModel files, and running the first two.
+
+`export_model` converts a trained `model.keras` with Keras 3's own `model.export`, after one
+change that the converters need: nearest-neighbour `UpSampling2D` becomes `NearestUpsample2D`,
+the same arithmetic written as a broadcast and a reshape (LiteRT's converter cannot give a
+resized tensor of unknown height and width a channel count, and falls back to TensorFlow ops
+that its interpreter lacks). Height and width stay dynamic in every format, so exported models
+take any image size that the network takes, tiled or whole, exactly as `predict.py` feeds the
+`.keras` model.
+
+What prediction needs besides the network (`model.inference`: working size, threshold, flip
+averaging; the size multiple) travels with the file: in ONNX's `metadata_props` under the key
+`segment`, as a JSON sidecar `<file>.json` beside a `.tflite`, and as `segment.json` inside a
+SavedModel folder.
+
+`load_exported(path)` opens an `.onnx` (onnxruntime) or `.tflite` (LiteRT) file as an object
+with the part of the `keras.Model` interface that `segment.inference` uses (`predict_on_batch`,
+`inference`, `size_multiple`), so `predict.py` and `evaluate.py` run it unchanged. The runtimes
+are an optional extra: `pip install -e ".[export]"`.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import ops
+
+from segment.imageio import DataError
+
+__all__ = ["FORMATS", "METADATA_KEY", "NearestUpsample2D", "export_model", "load_exported"]
+
+# format -> file suffix ("" for a folder)
+FORMATS = {"onnx": ".onnx", "litert": ".tflite", "saved_model": ""}
+METADATA_KEY = "segment"
+_SIDECAR = "segment.json"  # inside a SavedModel folder
+_EXTRA = 'pip install -e ".[export]"'
+
+
+class NearestUpsample2D(keras.layers.Layer):
+    """Nearest-neighbour upsampling by integer factors, as a broadcast and a reshape.
+
+    Equal to `keras.layers.UpSampling2D(size, interpolation="nearest")` (channels last), in
+    operators that every exporter maps to builtins with dynamic height and width.
+    """
+
+    def __init__(self, size=(2, 2), **kwargs):
+        super().__init__(**kwargs)
+        self.size = tuple(int(s) for s in size)
+
+    def call(self, inputs):
+        rows, cols = self.size
+        shape = ops.shape(inputs)
+        batch, height, width, channels = shape[0], shape[1], shape[2], inputs.shape[-1]
+        expanded = ops.expand_dims(ops.expand_dims(inputs, 2), 4)  # (b, h, 1, w, 1, c)
+        tiled = ops.broadcast_to(expanded, (batch, height, rows, width, cols, channels))
+        return ops.reshape(tiled, (batch, height * rows, width * cols, channels))
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        scaled = [None if n is None else n * s for n, s in zip((height, width), self.size)]
+        return (batch, *scaled, channels)
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size}
+
+
+def export_friendly(model):
+    """A copy of `model`, same weights, with nearest `UpSampling2D` as `NearestUpsample2D`."""
+
+    def clone(layer):
+        if (
+            isinstance(layer, keras.layers.UpSampling2D)
+            and layer.interpolation == "nearest"
+            and layer.data_format == "channels_last"
+        ):
+            return NearestUpsample2D(layer.size, name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    from segment.inference import size_multiple
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    side = size_multiple(model)
+    copy(np.zeros((1, side, side, 3), dtype=np.float32))  # exporters want a model once called
+    return copy
+
+
+def metadata(model):
+    """What inference needs besides the network, as stored with an exported file."""
+    from segment.inference import size_multiple
+
+    return {
+        "inference": dict(getattr(model, "inference", {})),
+        "size_multiple": size_multiple(model),
+        "name": model.name,
+    }
+
+
+def default_path(model_path, format):
+    """`RUN/model.keras` -> `RUN/model.onnx`, `RUN/model.tflite`, `RUN/model_saved_model/`."""
+    model_path = Path(model_path)
+    if format == "saved_model":
+        return model_path.with_name(model_path.stem + "_saved_model")
+    return model_path.with_suffix(FORMATS[format])
+
+
+def export_model(model, out, format, *, overwrite=False):
+    """Write `model` (a loaded segmenter) to `out` in `format`, atomically.
+
+    Everything is written under a temporary name in `out`'s folder and moved into place at the
+    end, so an interrupted export never leaves a half-written file under the final name.
+
+    Args:
+        model: a `keras.Model` (`segment.inference.load_segmenter`).
+        out: the file (`.onnx`, `.tflite`) or folder (SavedModel) to write.
+        format: one of `FORMATS`.
+        overwrite: replace an existing `out`. Defaults to False.
+
+    Returns:
+        The `Path` written.
+
+    Raises:
+        ValueError: an unknown format, or a suffix that does not match it.
+        DataError: `out` exists (without `overwrite`), or the converter is not installed.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; choose from {', '.join(FORMATS)}")
+    out = Path(out)
+    suffix = FORMATS[format]
+    if suffix and out.suffix.lower() != suffix:
+        raise ValueError(f"{out}: a {format} file must end in {suffix}")
+    targets = [out, _sidecar(out)] if format == "litert" else [out]
+    existing = [str(path) for path in targets if path.exists()]
+    if existing and not overwrite:
+        raise DataError(f"{existing[0]}: already exists; pass --overwrite to replace it")
+    _require(format)
+    friendly = export_friendly(model)
+    info = json.dumps(metadata(model), indent=2)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch:
+        staged = Path(scratch) / (out.name if suffix else "model")
+        if format == "onnx":
+            with warnings.catch_warnings():  # tf2onnx's numpy-2 shim probes np.object
+                warnings.simplefilter("ignore", FutureWarning)
+                friendly.export(str(staged), format="onnx", verbose=False)
+            _set_onnx_metadata(staged, info)
+        elif format == "litert":
+            friendly.export(str(staged), format="litert", verbose=False)
+            (Path(scratch) / "sidecar.json").write_text(info + "\n")
+        else:
+            friendly.export(str(staged), format="tf_saved_model", verbose=False)
+            (staged / _SIDECAR).write_text(info + "\n")
+        if format == "litert":
+            os.replace(Path(scratch) / "sidecar.json", _sidecar(out))
+        if out.is_dir():
+            shutil.rmtree(out)
+        os.replace(staged, out)
+    return out
+
+
+def _require(format):
+    modules = {"onnx": ("tf2onnx", "onnx"), "litert": ("ai_edge_litert",), "saved_model": ()}
+    for module in modules[format]:
+        try:
+            __import__(module)
+        except ImportError:
+            raise DataError(
+                f"exporting to {format} needs the '{module}' package: {_EXTRA}"
+            ) from None
+
+
+def _set_onnx_metadata(path, info):
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, info
+    onnx.save(model, str(path))
+
+
+def _sidecar(path):
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+# --------------------------------------------------------------------------------------------
+# Running exported files
+# --------------------------------------------------------------------------------------------
+
+
+class ExportedSegmenter:
+    """An exported model behind the part of the `keras.Model` interface inference uses.
+
+    Attributes:
+        name: the model's name. inference: its saved inference settings. size_multiple: what
+        input height and width must be multiples of. backend: "onnxruntime" or "litert".
+    """
+
+    def __init__(self, path, info, run, backend):
+        self.path, self.backend, self._run = Path(path), backend, run
+        self.name = str(info.get("name", self.path.stem))
+        self.inference = dict(info["inference"])
+        self.size_multiple = int(info["size_multiple"])
+
+    def predict_on_batch(self, batch):
+        """Probabilities `(batch, h, w, 1)` for float32 images `(batch, h, w, 3)`."""
+        return self._run(np.ascontiguousarray(batch, dtype=np.float32))
+
+
+def load_exported(path):
+    """Open an exported `.onnx` or `.tflite` segmenter for inference.
+
+    Raises:
+        DataError: the file is missing, corrupt, not one `export_model` wrote (no metadata),
+            or its runtime is not installed; the one-line message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such model file")
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return _load_onnx(path)
+    if suffix == ".tflite":
+        return _load_litert(path)
+    raise DataError(f"{path}: not an exported model (.onnx or .tflite)")
+
+
+def _parse_info(path, text):
+    try:
+        info = json.loads(text)
+        info["inference"], info["size_multiple"] = dict(info["inference"]), int(info["size_multiple"])
+    except (TypeError, ValueError, KeyError):
+        raise DataError(f"{path}: its segment metadata is unreadable") from None
+    return info
+
+
+def _load_onnx(path):
+    try:
+        import onnxruntime
+    except ImportError:
+        raise DataError(f"{path}: running ONNX models needs onnxruntime: {_EXTRA}") from None
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    try:
+        session = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as error:  # onnxruntime raises its own exception types
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise DataError(f"{path}: not a readable ONNX model ({first})") from None
+    stored = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    if stored is None:
+        raise DataError(f"{path}: an ONNX model without segment metadata (export it with scripts/export.py)")
+    info = _parse_info(path, stored)
+    name = session.get_inputs()[0].name
+
+    def run(batch):
+        return session.run(None, {name: batch})[0]
+
+    return ExportedSegmenter(path, info, run, "onnxruntime")
+
+
+def _load_litert(path):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        raise DataError(f"{path}: running LiteRT models needs ai-edge-litert: {_EXTRA}") from None
+    sidecar = _sidecar(path)
+    if not sidecar.is_file():
+        raise DataError(f"{path}: no {sidecar.name} beside it (export writes both)")
+    info = _parse_info(sidecar, sidecar.read_text())
+    try:
+        interpreter = Interpreter(model_path=str(path), num_threads=os.cpu_count())
+    except Exception as error:  # LiteRT raises ValueError/RuntimeError for foreign bytes
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise DataError(f"{path}: not a readable LiteRT model ({first})") from None
+    source = interpreter.get_input_details()[0]["index"]
+    shape = [None]
+
+    def run(batch):
+        if shape[0] != batch.shape:  # height and width are dynamic: size the graph to them
+            interpreter.resize_tensor_input(source, batch.shape, strict=False)
+            interpreter.allocate_tensors()
+            shape[0] = batch.shape
+        interpreter.set_tensor(source, batch)
+        interpreter.invoke()
+        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+    return ExportedSegmenter(path, info, run, "litert")

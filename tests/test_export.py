@@ -1,0 +1,174 @@
+"""scripts/export.py and exported models: parity with Keras, metadata, errors, no TensorFlow."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import load_script
+from test_inference import random_image
+
+from segment import data
+from segment.imageio import DataError, read_image, write_png
+from segment.inference import load_segmenter, predict_probability
+from segment.losses import CompositeLoss
+from segment.model import build_model
+from segment.optimizers import StepHalvingSGD
+
+pytest.importorskip("onnxruntime", reason="the export extra is part of [dev]")
+
+export_script = load_script("export")
+predict_script = load_script("predict")
+INFERENCE = {"working_size": None, "threshold": 0.4, "tta": True}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small segmenter trained for a few steps (the real loss and optimiser), saved."""
+    images, masks = data.synthetic_arrays(16, size=32, seed=3)
+    model = build_model(base_filters=4, depth=2, inference=INFERENCE)
+    model.compile(optimizer=StepHalvingSGD(0.1, halve_every=100), loss=CompositeLoss())
+    model.fit(images, masks, batch_size=4, epochs=2, verbose=0)
+    path = tmp_path_factory.mktemp("run") / "model.keras"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(trained):
+    """`{format: path}` written by scripts/export.py with only --model and --format."""
+    paths = {}
+    for format in ("onnx", "litert", "saved_model"):
+        assert export_script.main(["--model", str(trained), "--format", format]) == 0
+        paths[format] = {
+            "onnx": trained.with_suffix(".onnx"),
+            "litert": trained.with_suffix(".tflite"),
+            "saved_model": trained.with_name("model_saved_model"),
+        }[format]
+        assert paths[format].exists()
+    return paths
+
+
+@pytest.mark.parametrize("format", ["onnx", "litert"])
+def test_exported_probabilities_equal_keras_at_any_size_and_tiled(trained, exported, format):
+    keras_model = load_segmenter(trained)
+    model = load_segmenter(exported[format])
+    assert model.inference == INFERENCE and model.size_multiple == 4
+    # Whole images of several sizes (multiples or not: padding), and one tiled image.
+    for (height, width), options in [
+        ((32, 32), {}),
+        ((45, 61), {}),
+        ((130, 70), {}),
+        ((300, 410), {"tile": 128, "overlap": 32}),
+    ]:
+        image = random_image(height, width, seed=height)
+        expected = predict_probability(keras_model, image, **options)
+        got = predict_probability(model, image, **options)
+        assert got.shape == (height, width)
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+        assert np.mean((got > 0.4) == (expected > 0.4)) >= 0.999
+
+
+def test_predict_script_runs_an_exported_model_like_the_keras_one(tmp_path, trained, exported):
+    (tmp_path / "in").mkdir()
+    write_png(tmp_path / "in" / "photo.png", random_image(40, 52, seed=5))
+    masks = {}
+    for name, model in [("keras", trained), ("onnx", exported["onnx"]), ("litert", exported["litert"])]:
+        out = tmp_path / name
+        assert predict_script.main([str(tmp_path / "in"), "--model", str(model), "--out", str(out)]) == 0
+        masks[name] = read_image(out / "photo_mask.png")
+    assert np.mean(masks["onnx"] == masks["keras"]) >= 0.999
+    assert np.mean(masks["litert"] == masks["keras"]) >= 0.999
+
+
+def test_saved_model_folder_serves_the_same_probabilities(trained, exported):
+    import tensorflow as tf
+
+    folder = exported["saved_model"]
+    info = json.loads((folder / "segment.json").read_text())
+    assert info["inference"] == INFERENCE and info["size_multiple"] == 4
+    served = tf.saved_model.load(str(folder))
+    image = random_image(36, 44, seed=9)[None]
+    expected = load_segmenter(trained).predict_on_batch(image)
+    np.testing.assert_allclose(np.asarray(served.serve(image)), expected, atol=1e-5)
+
+
+def test_onnx_model_segments_with_onnxruntime_alone(tmp_path, trained, exported):
+    # A process where TensorFlow and Keras cannot be imported segments an image with the
+    # .onnx file and numpy, following its metadata, and matches Keras's probabilities.
+    image = random_image(37, 50, seed=11)
+    np.save(tmp_path / "image.npy", image)
+    expected = predict_probability(load_segmenter(trained), image, tta=False)
+    code = f"""
+import sys
+sys.modules["tensorflow"] = sys.modules["keras"] = None  # importing either now fails
+import json
+import numpy as np
+import onnxruntime
+
+session = onnxruntime.InferenceSession({str(exported["onnx"])!r}, providers=["CPUExecutionProvider"])
+info = json.loads(session.get_modelmeta().custom_metadata_map["segment"])
+image = np.load({str(tmp_path / "image.npy")!r})
+m = info["size_multiple"]
+height, width = image.shape[:2]
+padded = np.pad(image, ((0, -height % m), (0, -width % m), (0, 0)), mode="reflect")
+probability = session.run(None, {{session.get_inputs()[0].name: padded[None]}})[0][0, :height, :width, 0]
+np.save({str(tmp_path / "out.npy")!r}, probability)
+print("tensorflow" in sys.modules and sys.modules["tensorflow"] is not None)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-4)
+
+
+def _foreign_onnx(path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [value],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), str(path))
+
+
+@pytest.mark.parametrize(
+    "name, write, message",
+    [
+        ("corrupt.onnx", lambda p: p.write_bytes(b"\x08\x07garbage" * 20), "not a readable ONNX model"),
+        ("foreign.onnx", _foreign_onnx, "without segment metadata"),
+        ("alone.tflite", lambda p: p.write_bytes(b"TFL3" * 10), "alone.tflite.json beside it"),
+        ("corrupt.tflite", lambda p: (p.write_bytes(b"TFL3" * 10),
+                                      p.with_name(p.name + ".json").write_text(
+                                          '{"inference": {}, "size_multiple": 4}')),
+         "not a readable LiteRT model"),
+    ],
+)
+def test_a_bad_exported_file_is_refused_with_one_line(tmp_path, name, write, message, capsys):
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(DataError, match=message) as error:
+        load_segmenter(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+    (tmp_path / "in").mkdir()
+    write_png(tmp_path / "in" / "photo.png", random_image(16, 16))
+    out = tmp_path / "out"
+    assert predict_script.main([str(tmp_path / "in"), "--model", str(path), "--out", str(out)]) != 0
+    assert message in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_export_refuses_to_overwrite_and_takes_only_keras_models(tmp_path, trained, exported, capsys):
+    before = exported["onnx"].read_bytes()
+    assert export_script.main(["--model", str(trained), "--format", "onnx"]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert exported["onnx"].read_bytes() == before
+    assert export_script.main(["--model", str(exported["onnx"]), "--format", "litert",
+                               "--out", str(tmp_path / "m.tflite")]) == 2
+    assert "takes the trained .keras model" in capsys.readouterr().err
+    assert export_script.main(["--model", str(trained), "--format", "onnx",
+                               "--out", str(tmp_path / "m.tflite")]) == 2
+    assert "must end in .onnx" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
