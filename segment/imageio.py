@@ -14,6 +14,8 @@ import numpy as np
 __all__ = [
     "IMAGE_EXTENSIONS",
     "DataError",
+    "decode_image",
+    "encode_png",
     "is_image_file",
     "read_image",
     "read_mask",
@@ -59,12 +61,16 @@ def _decode(path):
         raw = np.fromfile(str(path), dtype=np.uint8)
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
+    return _decode_bytes(raw, path)
+
+
+def _decode_bytes(raw, name):
     try:
         array = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
     except cv2.error as error:  # e.g. beyond OpenCV's pixel limit
-        raise DataError(f"{path}: cannot decode ({error.err or 'OpenCV error'})") from None
+        raise DataError(f"{name}: cannot decode ({error.err or 'OpenCV error'})") from None
     if array is None or array.size == 0:
-        raise DataError(f"{path}: not a readable image (corrupt or unsupported format)")
+        raise DataError(f"{name}: not a readable image (corrupt or unsupported format)")
     return array
 
 
@@ -95,7 +101,21 @@ def read_image(path):
     Raises:
         DataError: the file is missing, empty, corrupt or not an image.
     """
-    array = _decode(path)
+    return _to_rgb(_decode(path), path)
+
+
+def decode_image(data, name="upload"):
+    """`read_image` for an encoded image in memory (the bytes of a PNG, JPEG, ... file).
+
+    Raises:
+        DataError: empty, corrupt or not an image; the message starts with `name`.
+    """
+    if not data:
+        raise DataError(f"{name}: empty file (0 bytes)")
+    return _to_rgb(_decode_bytes(np.frombuffer(data, dtype=np.uint8), name), name)
+
+
+def _to_rgb(array, path):
     if array.ndim == 2:
         array = cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
     elif array.ndim == 3 and array.shape[2] == 1:
@@ -183,6 +203,12 @@ def write_png(path, array):
             as 0/255; floats are taken as [0, 1] and written as 8-bit.
     """
     path = Path(path)
+    _write_atomically(path, encode_png(array, name=path))
+
+
+def encode_png(array, name="image"):
+    """The bytes of a PNG file holding `array` (as `write_png` takes it)."""
+    path = name
     array = np.asarray(array)
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
@@ -199,7 +225,7 @@ def write_png(path, array):
     ok, encoded = cv2.imencode(".png", array)
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")
-    _write_atomically(path, encoded)
+    return encoded.tobytes()
 
 
 def write_text(path, text):

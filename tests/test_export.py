@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 
@@ -27,6 +28,7 @@ INFERENCE = {"working_size": None, "threshold": 0.4, "tta": True}
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A small segmenter trained for a few steps (the real loss and optimiser), saved."""
+    keras.utils.set_random_seed(0)
     images, masks = data.synthetic_arrays(16, size=32, seed=3)
     model = build_model(base_filters=4, depth=2, inference=INFERENCE)
     model.compile(optimizer=StepHalvingSGD(0.1, halve_every=100), loss=CompositeLoss())

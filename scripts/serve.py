@@ -1,0 +1,91 @@
+"""Serve a trained model over HTTP: a web page to drop images on, and an API (rembg-style)."""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
+
+from segment.cli import HelpFormatter, positive  # noqa: E402
+from segment.inference import find_latest_model, load_segmenter  # noqa: E402
+
+EPILOG = """\
+examples:
+  python scripts/serve.py                                  # newest runs/*/model.keras
+  python scripts/serve.py --model runs/mine/model.onnx --port 8080
+  curl -F file=@photo.jpg "http://127.0.0.1:8000/api/segment?output=cutout" -o cutout.png
+
+endpoints:
+  /                 the page: drop an image, see overlay and cut-out, move the threshold
+  POST /api/segment multipart field "file"; ?output=mask|prob|overlay|cutout, threshold,
+                    tta, min_area, fill_holes; answers a PNG
+  GET /api/health   model, backend, input size multiple, default settings
+  /docs             the API's OpenAPI documentation
+
+It listens on 127.0.0.1 only, unless --host says otherwise (0.0.0.0: every interface; the
+server has no authentication). Uploads stay in memory; nothing is written to disk.
+Needs the serve extra: pip install -e ".[serve]"
+"""
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter
+    )
+    parser.add_argument("--model", type=Path, default=None, metavar="PATH",
+                        help="model file (.keras, .onnx, .tflite); defaults to the newest "
+                             "RUNS_DIR/*/model.keras")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"),
+                        help="where to look for a model when --model is not given")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    parser.add_argument("--port", type=positive, default=8000, help="TCP port")
+    parser.add_argument("--workers", type=positive, default=2,
+                        help="images segmented at once (a bounded thread pool)")
+    parser.add_argument("--max-upload-mb", type=float, default=20.0,
+                        help="largest upload accepted, in MiB (larger: 413)")
+    parser.add_argument("--max-megapixels", type=float, default=40.0,
+                        help="largest image accepted, width x height in millions (larger: 413)")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        import uvicorn
+
+        from segment.serve import create_app
+    except ImportError as error:
+        print(f"error: serving needs the serve extra ({error.name} is missing): "
+              'pip install -e ".[serve]"', file=sys.stderr)
+        return 2
+    if args.max_upload_mb <= 0 or args.max_megapixels <= 0:
+        print("error: --max-upload-mb and --max-megapixels must be positive", file=sys.stderr)
+        return 2
+    model_path = args.model or find_latest_model(args.runs_dir)
+    if model_path is None:
+        print("error: no model found; train one with python scripts/train.py", file=sys.stderr)
+        return 2
+    try:
+        model = load_segmenter(model_path)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    app = create_app(
+        model,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_pixels=int(args.max_megapixels * 1e6),
+        workers=args.workers,
+    )
+    print(f"serving {model_path} on http://{args.host}:{args.port}/ (Ctrl+C stops)", flush=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    except OSError as error:
+        print(f"error: cannot listen on {args.host}:{args.port}: {error.strerror or error}",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""A local HTTP API and web page for segmenting images with a trained model.
+
+`create_app(model)` builds an ASGI app (FastAPI) around a loaded segmenter:
+
+- `POST /api/segment`: a multipart upload in the form field `file` (as rembg's server takes
+  it); query options `output` (mask, prob, overlay, cutout), `threshold`, `tta`, `min_area`,
+  `fill_holes`; answers a PNG. The segmentation is `segment.inference`'s, as `predict.py` runs
+  it.
+- `GET /api/health`: the model's name, input size multiple, backend and inference settings.
+- `GET /`: one self-contained page (no external resources): drop an image, see the overlay
+  and the cut-out side by side, move a threshold slider, download the mask or the cut-out.
+- `GET /docs`: the OpenAPI documentation.
+
+Limits: request bodies above `max_upload_bytes` and images above `max_pixels` (read from the
+file header, before decoding) get 413; a file that is not an image gets 415; every error is a
+JSON `{"error": "..."}` without a traceback. Uploads are kept in memory, never spooled to disk.
+Segmentation runs in a bounded pool of `workers` threads, so the event loop keeps answering
+(the page, the health check, small images) while a large image is being segmented.
+"""
+
+import io
+import threading
+from pathlib import Path
+from typing import Literal
+
+import anyio
+import numpy as np
+from fastapi import FastAPI, File, Query, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
+from starlette.formparsers import MultiPartParser
+
+from segment.imageio import DataError, decode_image, encode_png
+from segment.inference import (
+    OUTPUT_KINDS,
+    clean_mask,
+    model_threshold,
+    model_tta,
+    predict_probability,
+    render_output,
+    size_multiple,
+    working_size,
+)
+
+__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_BYTES", "create_app"]
+
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20  # 20 MiB
+DEFAULT_MAX_PIXELS = 40_000_000  # 40 megapixels, e.g. 8000 x 5000
+PAGE = Path(__file__).with_name("static") / "index.html"
+
+
+class BodyLimit:
+    """ASGI middleware: answer 413 to a request whose body exceeds `limit` bytes, whether it
+    says so in Content-Length or streams it, without reading past the limit."""
+
+    def __init__(self, app, limit):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(scope, receive, send)
+        seen, exceeded = 0, False
+
+        async def limited_receive():
+            # Past the limit the app is told the client left, so it stops reading; whatever
+            # it answers then is replaced by the 413 below.
+            nonlocal seen, exceeded
+            if not exceeded:
+                message = await receive()
+                seen += len(message.get("body", b""))
+                exceeded = seen > self.limit
+                if not exceeded:
+                    return message
+            return {"type": "http.disconnect"}
+
+        async def guarded_send(message):
+            if not exceeded:
+                await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope, receive, send):
+        megabytes = self.limit / 2**20
+        response = JSONResponse(
+            {"error": f"upload larger than the server's limit of {megabytes:g} MiB"},
+            status_code=413,
+        )
+        await response(scope, receive, send)
+
+
+def _backend(model):
+    return getattr(model, "backend", "keras")
+
+
+def create_app(
+    model,
+    *,
+    max_upload_bytes=DEFAULT_MAX_UPLOAD_BYTES,
+    max_pixels=DEFAULT_MAX_PIXELS,
+    workers=2,
+):
+    """The ASGI app serving `model` (a `load_segmenter` result).
+
+    Args:
+        model: the segmenter; loaded once, shared by every request.
+        max_upload_bytes: largest request body accepted. Defaults to 20 MiB.
+        max_pixels: largest image (width x height) accepted. Defaults to 40 megapixels.
+        workers: images segmented at once. Defaults to 2.
+    """
+    # Keep uploads in memory up to the limit (Starlette spools larger parts to a temporary
+    # file): nothing a user sends is written to disk.
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, max_upload_bytes)
+    limiter = anyio.CapacityLimiter(workers)
+    page = PAGE.read_text(encoding="utf-8")
+    multiple = size_multiple(model)
+    # Warm up: the first prediction traces the network; do it before serving, once.
+    predict_probability(model, np.zeros((multiple, multiple, 3), np.float32), tta=False)
+    lock = threading.Lock() if _backend(model) == "litert" else None  # one interpreter
+
+    app = FastAPI(
+        title="segment",
+        description="Foreground/background segmentation of uploaded images.",
+        version="1",
+    )
+    app.add_middleware(BodyLimit, limit=max_upload_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request, error):
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in problem['loc'][1:]) or 'request'}: {problem['msg']}"
+            for problem in error.errors()
+        )
+        return JSONResponse({"error": problems}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request, error):  # never a traceback to the client
+        return JSONResponse({"error": "internal error while segmenting"}, status_code=500)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index():
+        return HTMLResponse(page)
+
+    @app.get("/api/health")
+    async def health():
+        """The model being served and how it segments by default."""
+        return {
+            "status": "ok",
+            "model": model.name,
+            "backend": _backend(model),
+            "input_multiple": multiple,
+            "working_size": working_size(model),
+            "threshold": model_threshold(model),
+            "tta": model_tta(model),
+            "max_upload_bytes": max_upload_bytes,
+            "max_pixels": max_pixels,
+        }
+
+    @app.post(
+        "/api/segment",
+        response_class=Response,
+        responses={
+            200: {"content": {"image/png": {}}, "description": "the requested picture, PNG"},
+            400: {"description": "no file in the form field `file`"},
+            413: {"description": "upload or image too large"},
+            415: {"description": "not a readable image"},
+        },
+    )
+    async def segment_image(
+        file: UploadFile | None = File(None, description="the image (PNG, JPEG, BMP, TIFF)"),
+        output: Literal[OUTPUT_KINDS] = Query(
+            "mask", description="mask (0/255), prob (gray), overlay (RGB) or cutout (RGBA)"
+        ),
+        threshold: float | None = Query(
+            None, ge=0, le=1, description="foreground above this probability (default: the model's)"
+        ),
+        tta: bool | None = Query(None, description="average the four flips (default: the model's)"),
+        min_area: int = Query(0, ge=0, description="drop foreground parts smaller than this"),
+        fill_holes: int = Query(0, ge=0, description="fill holes smaller than this"),
+    ):
+        """Segment one uploaded image; the answer is a PNG of the requested kind."""
+        if file is None:
+            return _error(400, "no file: send the image as multipart form field 'file'")
+        data = await file.read()
+        name = file.filename or "upload"
+        try:
+            _check_pixels(data, name, max_pixels)
+        except _TooManyPixels as error:
+            return _error(413, str(error))
+        except DataError as error:
+            return _error(415, str(error))
+
+        def work():
+            image = decode_image(data, name)
+            options = {} if tta is None else {"tta": tta}
+            if lock is None:
+                probability = predict_probability(model, image, **options)
+            else:
+                with lock:
+                    probability = predict_probability(model, image, **options)
+            cut = model_threshold(model) if threshold is None else threshold
+            mask = clean_mask(probability > cut, min_area=min_area, fill_holes=fill_holes)
+            return encode_png(render_output(output, image, probability, mask))
+
+        try:
+            png = await anyio.to_thread.run_sync(work, limiter=limiter)
+        except DataError as error:
+            return _error(415, str(error))
+        return Response(png, media_type="image/png")
+
+    return app
+
+
+class _TooManyPixels(Exception):
+    pass
+
+
+def _check_pixels(data, name, max_pixels):
+    """Refuse an image larger than `max_pixels` from its header, before decoding it."""
+    if not data:
+        raise DataError(f"{name}: empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            width, height = header.size
+    except Image.DecompressionBombError:
+        raise _TooManyPixels(f"{name}: image larger than the server's limit of {max_pixels} pixels") from None
+    except Exception:  # PIL cannot read it: not an image, or a format only OpenCV knows
+        return  # decoding will tell
+    if width * height > max_pixels:
+        raise _TooManyPixels(
+            f"{name}: {width}x{height} is {width * height} pixels, above the server's limit "
+            f"of {max_pixels}"
+        )
+
+
+def _error(status, message):
+    return JSONResponse({"error": message}, status_code=status)

@@ -1,0 +1,142 @@
+"""The HTTP API of scripts/serve.py, through an in-process client: every option, every error."""
+
+import io
+
+import keras
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="the serve extra is part of [dev]")
+pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+from starlette.formparsers import MultiPartParser  # noqa: E402
+
+from helpers import load_script  # noqa: E402
+from test_inference import random_image  # noqa: E402
+
+from segment.imageio import decode_image, encode_png  # noqa: E402
+from segment.inference import clean_mask, predict_probability  # noqa: E402
+from segment.model import build_model  # noqa: E402
+from segment.serve import create_app  # noqa: E402
+
+serve_script = load_script("serve")
+LIMIT_BYTES, LIMIT_PIXELS = 300_000, 120_000
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(0)
+    return build_model(base_filters=4, depth=2, inference={"threshold": 0.5, "tta": False})
+
+
+@pytest.fixture(scope="module")
+def client(model):
+    app = create_app(model, max_upload_bytes=LIMIT_BYTES, max_pixels=LIMIT_PIXELS, workers=2)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def photo():
+    image = random_image(45, 70, seed=4)
+    return encode_png(image), decode_image(encode_png(image))  # what the server will decode
+
+
+def _post(client, data, name="photo.png", **params):
+    return client.post("/api/segment", params=params, files={"file": (name, data, "image/png")})
+
+
+def _picture(response):
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    return np.asarray(
+        __import__("PIL.Image", fromlist=["Image"]).open(io.BytesIO(response.content))
+    )
+
+
+def test_health_names_the_model_and_its_settings(client):
+    info = client.get("/api/health").json()
+    assert info["model"] == "segmenter" and info["backend"] == "keras"
+    assert info["input_multiple"] == 4 and info["threshold"] == 0.5 and info["tta"] is False
+    assert info["max_upload_bytes"] == LIMIT_BYTES and info["max_pixels"] == LIMIT_PIXELS
+
+
+def test_every_output_kind_matches_the_package_segmentation(client, model, photo):
+    data, image = photo
+    probability = predict_probability(model, image)
+    mask = probability > 0.5
+    got = {kind: _picture(_post(client, data, output=kind)) for kind in ("mask", "prob", "overlay", "cutout")}
+    np.testing.assert_array_equal(got["mask"], mask.astype(np.uint8) * 255)
+    np.testing.assert_array_equal(got["prob"], np.round(probability * 255).astype(np.uint8))
+    assert got["overlay"].shape == (45, 70, 3)
+    assert got["cutout"].shape == (45, 70, 4)
+    np.testing.assert_array_equal(got["cutout"][..., 3], got["mask"])
+    # Without the output option the answer is the mask.
+    np.testing.assert_array_equal(_picture(_post(client, data)), got["mask"])
+
+
+def test_threshold_tta_and_clean_up_options(client, model, photo):
+    data, image = photo
+    assert (_picture(_post(client, data, threshold=0.0)) == 255).all()
+    assert (_picture(_post(client, data, threshold=1.0)) == 0).all()
+    flipped = predict_probability(model, image, tta=True) > 0.5
+    np.testing.assert_array_equal(_picture(_post(client, data, tta=True)) > 0, flipped)
+    cleaned = clean_mask(predict_probability(model, image) > 0.5, min_area=30, fill_holes=20)
+    got = _picture(_post(client, data, min_area=30, fill_holes=20)) > 0
+    np.testing.assert_array_equal(got, cleaned)
+
+
+@pytest.mark.parametrize(
+    "make, status, message",
+    [
+        (lambda c, d: c.post("/api/segment"), 400, "no file"),
+        (lambda c, d: _post(c, b"this is not an image", name="notes.txt"), 415, "notes.txt: not a readable image"),
+        (lambda c, d: _post(c, b"", name="empty.png"), 415, "empty.png: empty file"),
+        (lambda c, d: _post(c, b"x" * (LIMIT_BYTES + 1)), 413, "upload larger than"),
+        (lambda c, d: _post(c, encode_png(np.zeros((400, 400, 3), np.uint8)), name="big.png"),
+         413, "big.png: 400x400 is 160000 pixels"),
+        (lambda c, d: _post(c, d, output="sketch"), 422, "output"),
+        (lambda c, d: _post(c, d, threshold=2), 422, "threshold"),
+        (lambda c, d: _post(c, d, min_area=-1), 422, "min_area"),
+    ],
+)
+def test_bad_requests_get_a_json_error_and_no_traceback(client, photo, make, status, message):
+    response = make(client, photo[0])
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert message in error and "Traceback" not in response.text
+
+
+def test_a_large_body_without_content_length_is_refused_too(client):
+    def chunks():  # a well-formed multipart upload whose file part goes on and on
+        yield (b'--zz\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+               b"Content-Type: image/png\r\n\r\n")
+        for _ in range(LIMIT_BYTES // 10_000 + 2):
+            yield b"y" * 10_000
+
+    response = client.post("/api/segment", content=chunks(),
+                           headers={"content-type": "multipart/form-data; boundary=zz"})
+    assert response.status_code == 413
+
+
+def test_uploads_stay_in_memory():
+    # Starlette spools larger uploads to a temporary file; the app raises that size to the limit.
+    assert MultiPartParser.spool_max_size >= LIMIT_BYTES
+
+
+def test_the_page_works_offline_and_the_api_is_documented(client):
+    page = client.get("/")
+    assert page.status_code == 200 and 'type="file"' in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN, no fonts
+    schema = client.get("/openapi.json").json()
+    assert "/api/segment" in schema["paths"] and "/api/health" in schema["paths"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_serve_script_refuses_a_missing_model_with_one_line(tmp_path, capsys):
+    assert serve_script.main(["--model", str(tmp_path / "nope.keras")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error:") and "nope.keras" in error and "\n" not in error
+    assert serve_script.main(["--runs-dir", str(tmp_path)]) == 2
+    assert "no model found" in capsys.readouterr().err

@@ -1,0 +1,109 @@
+"""The page of scripts/serve.py in a real browser: headless Chromium, driven by Playwright.
+
+The server runs in this process on a free port of 127.0.0.1. The browser opens the page,
+uploads an image through the file input and waits for the overlay; the mask it computed must
+be the API's probability cut at the slider's threshold, and the overlay must show the image
+unchanged outside the mask and tinted inside it. CI installs Debian's `chromium` and sets
+SEGMENT_REQUIRE_BROWSER=1, so there the test cannot be skipped.
+"""
+
+import io
+import os
+import shutil
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+REQUIRED = os.environ.get("SEGMENT_REQUIRE_BROWSER") == "1"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if not REQUIRED:
+    pytest.importorskip("playwright.sync_api", reason="playwright is part of [dev]")
+    pytest.importorskip("uvicorn", reason="uvicorn is part of [serve]")
+    if CHROMIUM is None:
+        pytest.skip("no chromium on this machine (apt-get install chromium)", allow_module_level=True)
+
+import httpx  # noqa: E402
+import keras  # noqa: E402
+import uvicorn  # noqa: E402
+from PIL import Image  # noqa: E402
+from playwright.sync_api import sync_playwright  # noqa: E402
+
+from segment.imageio import encode_png  # noqa: E402
+from segment.model import build_model  # noqa: E402
+from segment.serve import create_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server():
+    keras.utils.set_random_seed(0)
+    model = build_model(base_filters=4, depth=2, inference={"threshold": 0.5})
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(create_app(model), host="127.0.0.1", port=port, log_level="warning")
+    instance = uvicorn.Server(config)
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not instance.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    instance.should_exit = True
+    thread.join(10)
+
+
+def _image():
+    rng = np.random.default_rng(3)
+    image = (rng.random((48, 64, 3)) * 80).astype(np.uint8)
+    image[10:38, 16:50] += 150  # a bright block the tiny network will respond to
+    return image
+
+
+def test_upload_shows_overlay_and_mask_that_match_the_api(server, tmp_path):
+    image = _image()
+    path = tmp_path / "block.png"
+    path.write_bytes(encode_png(image))
+    answer = httpx.post(f"{server}/api/segment", params={"output": "prob"},
+                        files={"file": ("block.png", path.read_bytes(), "image/png")})
+    probability = np.asarray(Image.open(io.BytesIO(answer.content)))
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(server)
+            page.wait_for_function("document.getElementById('model').textContent.includes('segmenter')")
+            page.set_input_files("#file", str(path))
+            page.wait_for_selector("body[data-state=ready]", timeout=30_000)
+            threshold = float(page.input_value("#threshold"))
+            pixels = page.evaluate(
+                """() => ['mask', 'overlay'].map((id) => {
+                    const canvas = document.getElementById(id);
+                    const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+                    return [canvas.width, canvas.height, Array.from(data)];
+                })"""
+            )
+            assert page.get_attribute("#download-mask", "aria-disabled") == "false"
+            # Moving the slider to 1 empties the mask without another request.
+            page.fill("#threshold", "1")
+            empty = page.evaluate(
+                "() => Array.from(document.getElementById('mask').getContext('2d')"
+                ".getImageData(0, 0, 64, 48).data).some((v, i) => i % 4 == 0 && v > 0)"
+            )
+        finally:
+            browser.close()
+
+    (width, height, mask), (_, _, overlay) = pixels
+    assert (width, height) == (64, 48)
+    mask = np.array(mask, dtype=np.uint8).reshape(48, 64, 4)[..., 0] > 0
+    overlay = np.array(overlay, dtype=np.uint8).reshape(48, 64, 4)[..., :3]
+    expected = probability > round(threshold * 255)
+    np.testing.assert_array_equal(mask, expected)
+    assert 0 < mask.sum() < mask.size  # a real mask, not everything or nothing
+    np.testing.assert_array_equal(overlay[~mask], image[~mask])
+    assert (overlay[mask] != image[mask]).any(axis=-1).all()
+    assert not empty
