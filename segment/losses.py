@@ -250,7 +250,11 @@ class CompositeLoss(keras.losses.Loss):
 
     Args:
         mse_weight: weight of the pixel-wise MSE. Defaults to `1.0`.
-        smooth_weight: weight of the total-variation excess. Defaults to `0.2`.
+        smooth_weight: weight of the total-variation excess. Defaults to `2.0`: at 0.2 the
+            term put about a twentieth of Dice's cost on a small speck and barely acted;
+            at 2.0, on real photographs (README, "Real photographs"), it cut spurious parts
+            from 0.75 to 0.28 per image and holes from 0.61 to 0.23 at equal IoU (3 seeds);
+            at 6.0 it held the prediction flat and nothing was learnt.
         connect_weight: weight of the soft clDice term. Defaults to `0.0`.
         skeleton_iterations: erosion steps of the soft skeleton. Defaults to `5`.
         overlap_weight: weight of the soft Dice loss. Defaults to `1.0`.
@@ -259,7 +263,7 @@ class CompositeLoss(keras.losses.Loss):
     def __init__(
         self,
         mse_weight=1.0,
-        smooth_weight=0.2,
+        smooth_weight=2.0,
         connect_weight=0.0,
         skeleton_iterations=5,
         overlap_weight=1.0,

@@ -72,15 +72,15 @@ def test_composite_penalises_specks_far_more_than_a_shifted_edge():
     np.testing.assert_allclose(mse(target, specks), mse(target, shifted))  # equal MSE
     # ... and equal Dice: 16 false pixels either way. So MSE + Dice cannot tell them apart,
     # and the whole difference is the smoothness penalty: 16 one-pixel specks add their
-    # perimeter, 16 * 4 / 1024 pixels, times 0.2; the wider square only its 2 longer sides.
+    # perimeter, 16 * 4 / 1024 pixels, times 2; the wider square only its 2 longer sides.
     without_penalty = CompositeLoss(smooth_weight=0.0)
     np.testing.assert_allclose(without_penalty.call(target, specks),
                                without_penalty.call(target, shifted), rtol=1e-6)
     loss = CompositeLoss()  # default weights
     extra_specks = float(loss.call(target, specks)[0] - without_penalty.call(target, specks)[0])
     extra_shift = float(loss.call(target, shifted)[0] - without_penalty.call(target, shifted)[0])
-    np.testing.assert_allclose(extra_specks, 0.2 * 16 * 4 / (32 * 32), rtol=1e-5)
-    np.testing.assert_allclose(extra_shift, 0.2 * 2 / (32 * 32), rtol=1e-5)
+    np.testing.assert_allclose(extra_specks, 2.0 * 16 * 4 / (32 * 32), rtol=1e-5)
+    np.testing.assert_allclose(extra_shift, 2.0 * 2 / (32 * 32), rtol=1e-5)
 
 
 def test_connectivity_penalty_sees_a_broken_bar():
