@@ -57,7 +57,7 @@ def _percentile(values, q):
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def run(model, *, requests, clients, workers, timeout=120):
+def run(model, *, requests, clients, workers, warmup, timeout=120):
     import httpx
 
     port = _free_port()
@@ -93,20 +93,21 @@ def run(model, *, requests, clients, workers, timeout=120):
                 ok = False
             return size, time.perf_counter() - started, ok
 
-        with httpx.Client(timeout=timeout) as client:  # warm-up: every size once, twice
-            for index in range(2 * len(pictures)):
-                assert send(index, client)[2], "warm-up request failed"
-        warm_mb = resident_mb(server.pid)
-
-        results = []
-        started = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
+        def load(count):
+            """`count` requests from `clients` concurrent clients; every result."""
             def client_loop(first):
                 with httpx.Client(timeout=timeout) as client:
-                    return [send(index, client) for index in range(first, requests, clients)]
+                    return [send(index, client) for index in range(first, count, clients)]
 
-            for part in pool.map(client_loop, range(clients)):
-                results.extend(part)
+            with ThreadPoolExecutor(clients) as pool:
+                return [result for part in pool.map(client_loop, range(clients)) for result in part]
+
+        # Warm-up under the same concurrency, so that the server has traced every shape and
+        # reached its working set (several large images at once) before memory is read.
+        assert all(ok for _, _, ok in load(warmup)), "a warm-up request failed"
+        warm_mb = resident_mb(server.pid)
+        started = time.perf_counter()
+        results = load(requests)
         elapsed = time.perf_counter() - started
         after_mb = resident_mb(server.pid)
     finally:
@@ -119,6 +120,7 @@ def run(model, *, requests, clients, workers, timeout=120):
     latencies = [seconds for _, seconds, ok in results if ok]
     report = {
         "model": str(model), "requests": requests, "clients": clients, "workers": workers,
+        "warmup": warmup,
         "failed": sum(not ok for _, _, ok in results),
         "seconds": elapsed, "requests_per_second": len(results) / elapsed,
         "p50_s": _percentile(latencies, 50), "p95_s": _percentile(latencies, 95),
@@ -136,7 +138,8 @@ def run(model, *, requests, clients, workers, timeout=120):
 
 def markdown(report):
     lines = [
-        f"{report['requests']} requests from {report['clients']} concurrent clients, "
+        f"{report['requests']} requests from {report['clients']} concurrent clients (after "
+        f"{report['warmup']} warm-up requests sent the same way), "
         f"{report['workers']} server workers: {report['failed']} failed, "
         f"{report['requests_per_second']:.1f} requests/s, p50 {report['p50_s']:.2f} s, "
         f"p95 {report['p95_s']:.2f} s; resident memory {report['resident_mb_after_warm_up']:.0f} MB "
@@ -158,6 +161,8 @@ def main(argv=None):
     parser.add_argument("--requests", type=positive, default=300, help="requests in all")
     parser.add_argument("--clients", type=positive, default=8, help="concurrent clients")
     parser.add_argument("--workers", type=positive, default=2, help="the server's --workers")
+    parser.add_argument("--warmup", type=positive, default=48,
+                        help="requests sent the same way before measuring (tracing, working set)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT",
                         help="also write the report as JSON")
     args = parser.parse_args(argv)
@@ -165,7 +170,8 @@ def main(argv=None):
         print(f"error: {args.model}: no such model file", file=sys.stderr)
         return 2
     try:
-        report = run(args.model, requests=args.requests, clients=args.clients, workers=args.workers)
+        report = run(args.model, requests=args.requests, clients=args.clients,
+                     workers=args.workers, warmup=args.warmup)
     except (RuntimeError, AssertionError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

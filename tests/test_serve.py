@@ -140,3 +140,16 @@ def test_serve_script_refuses_a_missing_model_with_one_line(tmp_path, capsys):
     assert error.startswith("error:") and "nope.keras" in error and "\n" not in error
     assert serve_script.main(["--runs-dir", str(tmp_path)]) == 2
     assert "no model found" in capsys.readouterr().err
+
+
+def test_load_test_script_runs_a_real_server_and_reports(tmp_path, model):
+    loadtest = load_script("loadtest_serve")
+    path = tmp_path / "model.keras"
+    model.save(path)
+    out = tmp_path / "load.json"
+    code = loadtest.main(["--model", str(path), "--requests", "8", "--clients", "2",
+                          "--warmup", "2", "--json", str(out)])
+    report = __import__("json").loads(out.read_text())
+    assert code == 0 and report["failed"] == 0 and report["requests"] == 8
+    assert sum(row["requests"] for row in report["per_size"].values()) == 8
+    assert report["resident_mb_after_run"] > 0 and report["p95_s"] >= report["p50_s"] > 0
