@@ -13,6 +13,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -62,16 +63,18 @@ def run(model, *, requests, clients, workers, warmup, timeout=120):
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
+    log = tempfile.TemporaryFile(mode="w+")  # a pipe nobody reads could fill and stall it
     server = subprocess.Popen(
         [sys.executable, str(SERVE), "--model", str(model), "--port", str(port),
          "--workers", str(workers)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=log, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + timeout
         while True:
             if server.poll() is not None:
-                raise RuntimeError(f"the server stopped: {server.stdout.read().strip()}")
+                log.seek(0)
+                raise RuntimeError(f"the server stopped: {log.read().strip()[-500:]}")
             try:
                 if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
                     break
@@ -116,6 +119,7 @@ def run(model, *, requests, clients, workers, warmup, timeout=120):
             server.wait(10)
         except subprocess.TimeoutExpired:
             server.kill()
+        log.close()
 
     latencies = [seconds for _, seconds, ok in results if ok]
     report = {

@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -62,6 +63,16 @@ def main(argv=None):
     if args.max_upload_mb <= 0 or args.max_megapixels <= 0:
         print("error: --max-upload-mb and --max-megapixels must be positive", file=sys.stderr)
         return 2
+    if args.port > 65535:
+        print(f"error: --port {args.port} is not a TCP port (1 to 65535)", file=sys.stderr)
+        return 2
+    try:  # uvicorn reports a busy port only in its log; find out first
+        with socket.socket() as probe:
+            probe.bind((args.host, args.port))
+    except OSError as error:
+        print(f"error: cannot listen on {args.host}:{args.port}: {error.strerror or error}",
+              file=sys.stderr)
+        return 2
     model_path = args.model or find_latest_model(args.runs_dir)
     if model_path is None:
         print("error: no model found; train one with python scripts/train.py", file=sys.stderr)
@@ -78,12 +89,7 @@ def main(argv=None):
         workers=args.workers,
     )
     print(f"serving {model_path} on http://{args.host}:{args.port}/ (Ctrl+C stops)", flush=True)
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    except OSError as error:
-        print(f"error: cannot listen on {args.host}:{args.port}: {error.strerror or error}",
-              file=sys.stderr)
-        return 2
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 

@@ -138,6 +138,9 @@ def export_model(model, out, format, *, overwrite=False):
     existing = [str(path) for path in targets if path.exists()]
     if existing and not overwrite:
         raise DataError(f"{existing[0]}: already exists; pass --overwrite to replace it")
+    if out.is_dir() and not (format == "saved_model" and (out / _SIDECAR).is_file()):
+        # --overwrite replaces an exported SavedModel, never some other folder.
+        raise DataError(f"{out}: is a folder that export did not write; choose another --out")
     _require(format)
     friendly = export_friendly(model)
     info = json.dumps(metadata(model), indent=2)
@@ -274,7 +277,11 @@ def _load_litert(path):
     sidecar = _sidecar(path)
     if not sidecar.is_file():
         raise DataError(f"{path}: no {sidecar.name} beside it (export writes both)")
-    info = _parse_info(sidecar, sidecar.read_text())
+    try:
+        text = sidecar.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{sidecar}: cannot read ({getattr(error, 'strerror', None) or error})") from None
+    info = _parse_info(sidecar, text)
     try:
         interpreter = Interpreter(model_path=str(path), num_threads=os.cpu_count())
     except Exception as error:  # LiteRT raises ValueError/RuntimeError for foreign bytes

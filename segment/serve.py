@@ -30,6 +30,7 @@ from fastapi import FastAPI, File, Query, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartParser
 
 from segment.imageio import DataError, decode_image, encode_png
@@ -166,6 +167,10 @@ def create_app(
         )
         return JSONResponse({"error": problems}, status_code=422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, error):  # 404, 405, ...: the same JSON shape as ours
+        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code)
+
     @app.exception_handler(Exception)
     async def unexpected(request, error):  # never a traceback to the client
         return JSONResponse({"error": "internal error while segmenting"}, status_code=500)
@@ -260,8 +265,8 @@ def _check_pixels(data, name, max_pixels):
             width, height = header.size
     except Image.DecompressionBombError:
         raise _TooManyPixels(f"{name}: image larger than the server's limit of {max_pixels} pixels") from None
-    except Exception:  # PIL cannot read it: not an image, or a format only OpenCV knows
-        return  # decoding will tell
+    except Exception:  # not an image, or not one of the formats served (PNG, JPEG, BMP, TIFF)
+        raise DataError(f"{name}: not a readable image (corrupt or unsupported format)") from None
     if width * height > max_pixels:
         raise _TooManyPixels(
             f"{name}: {width}x{height} is {width * height} pixels, above the server's limit "

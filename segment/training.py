@@ -111,7 +111,8 @@ def _resolve(config, pairs):
             fraction = data.foreground_fraction(pairs[0], threshold=config.threshold)
         config.foreground_prior = round(min(max(fraction, 0.01), 0.99), 4)
     if config.mixed_precision is None:
-        config.mixed_precision = native_half_precision()
+        # Across machines every worker must compute alike: float32 unless asked otherwise.
+        config.mixed_precision = config.strategy != "multiworker" and native_half_precision()
     if config.epochs is None and config.minutes is None:
         if pairs is None:
             config.epochs = SYNTHETIC_EPOCHS
@@ -161,6 +162,15 @@ def _strategy(name):
     if name == "multiworker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+# How a collective operation ends when another worker has gone away.
+_LOST_PEER = (
+    tf.errors.UnavailableError,
+    tf.errors.AbortedError,
+    tf.errors.CancelledError,
+    tf.errors.DeadlineExceededError,
+)
 
 
 def _is_chief(strategy):
@@ -459,10 +469,11 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
     strategy = _strategy(config.strategy)
     across_workers = spans_workers(strategy)
     chief = _is_chief(strategy)
-    if across_workers and not resume and _unfinished(config.out):
+    if across_workers and not resume and not overwrite and _unfinished(config.out):
         # Every worker started again with the same command continues the interrupted run.
         resume = config.out
         config = TrainConfig.from_json(Path(resume) / "config.json")
+        print(f"continuing the interrupted run in {resume} from its last backup", flush=True)
     pairs = None if config.data is None else _folder_pairs(config)
     config = _resolve(config, pairs)
     _check(dataclasses.replace(config, minutes=None))
@@ -488,7 +499,9 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
             with strategy.scope():
                 model = _build(config)
                 _compile(model, config, halve_every=_halve_every_steps(config))
-            backup = keras.callbacks.BackupAndRestore(str(Path(config.out) / _BACKUP))
+            # The chief's run folder holds the backup; every other worker reads it there.
+            backup_dir = (folder if chief else Path(config.out)) / _BACKUP
+            backup = keras.callbacks.BackupAndRestore(str(backup_dir))
             # Restore now rather than inside fit: the data stream must resume where it stopped.
             backup.set_model(model)
             with strategy.scope():
@@ -525,7 +538,7 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
                 callbacks=own_callbacks + list(callbacks),
                 verbose=verbose,
             )
-        except tf.errors.OpError as error:
+        except _LOST_PEER as error:
             if not across_workers:
                 raise
             reason = re.sub(r"\{\{.*?\}\}\s*", "", str(error.message)).strip().splitlines()[0]

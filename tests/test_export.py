@@ -174,3 +174,10 @@ def test_export_refuses_to_overwrite_and_takes_only_keras_models(tmp_path, train
                                "--out", str(tmp_path / "m.tflite")]) == 2
     assert "must end in .onnx" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+    # --overwrite replaces an exported SavedModel, never another folder.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("mine")
+    assert export_script.main(["--model", str(trained), "--format", "saved_model",
+                               "--out", str(tmp_path / "mine"), "--overwrite"]) == 2
+    assert "export did not write" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "keep.txt").read_text() == "mine"

@@ -101,8 +101,15 @@ def test_upload_shows_overlay_and_mask_that_match_the_api(server, tmp_path):
     assert (width, height) == (64, 48)
     mask = np.array(mask, dtype=np.uint8).reshape(48, 64, 4)[..., 0] > 0
     overlay = np.array(overlay, dtype=np.uint8).reshape(48, 64, 4)[..., :3]
+    # The page cuts the 8-bit probability the API sent at the slider's threshold ...
     expected = probability > round(threshold * 255)
     np.testing.assert_array_equal(mask, expected)
+    # ... which is the server's own mask except, at most, where the probability lies within
+    # 1/255 of the threshold.
+    answer = httpx.post(f"{server}/api/segment", params={"output": "mask", "threshold": threshold},
+                        files={"file": ("block.png", path.read_bytes(), "image/png")})
+    served = np.asarray(Image.open(io.BytesIO(answer.content))) > 0
+    assert np.all((mask == served) | (np.abs(probability.astype(int) - threshold * 255) <= 1))
     assert 0 < mask.sum() < mask.size  # a real mask, not everything or nothing
     np.testing.assert_array_equal(overlay[~mask], image[~mask])
     assert (overlay[mask] != image[mask]).any(axis=-1).all()

@@ -136,13 +136,16 @@ def test_a_resumed_run_ends_with_the_same_weights(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(config("killed"), callbacks=[_Interrupt(after=1)], verbose=0)
     assert (tmp_path / "killed" / "backup").exists()
+    # The run folder is moved before it is resumed: the backup is found where the folder is.
+    (tmp_path / "killed").rename(tmp_path / "moved")
     resumed = _FinalWeights()
-    train(None, resume=tmp_path / "killed", callbacks=[resumed], verbose=0)
+    train(None, resume=tmp_path / "moved", callbacks=[resumed], verbose=0)
 
     for a, b in zip(uninterrupted.weights, resumed.weights):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    with (tmp_path / "killed" / "history.csv").open() as handle:
+    with (tmp_path / "moved" / "history.csv").open() as handle:
         assert [row["epoch"] for row in csv.DictReader(handle)] == ["0", "1", "2"]
+    assert not (tmp_path / "killed").exists() and not (tmp_path / "moved" / "backup").exists()
 
 
 @pytest.mark.parametrize(
