@@ -11,8 +11,8 @@ from segment.cli import HelpFormatter, choice_list, non_negative, positive, prob
 from segment.inference import (  # noqa: E402
     OUTPUT_KINDS,
     collect_inputs,
-    find_latest_model,
     load_segmenter,
+    model_to_use,
     segment_files,
     tile_window,
 )
@@ -102,11 +102,8 @@ def main(argv=None):
               "or pass --allow-input-dir", file=sys.stderr)
         return 2
 
-    model_path = args.model or find_latest_model(args.runs_dir)
-    if model_path is None:
-        print("error: no model found; train one with python scripts/train.py", file=sys.stderr)
-        return 2
     try:
+        model_path = model_to_use(args.model, args.runs_dir)
         model = load_segmenter(model_path)
         tile_window(model, tile=args.tile, overlap=args.overlap)
     except ValueError as error:  # a bad model file (DataError) or a tile the model cannot use

@@ -9,7 +9,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
 
 from segment.cli import HelpFormatter, positive  # noqa: E402
-from segment.inference import find_latest_model, load_segmenter  # noqa: E402
+from segment.inference import load_segmenter, model_to_use  # noqa: E402
 
 EPILOG = """\
 examples:
@@ -73,11 +73,8 @@ def main(argv=None):
         print(f"error: cannot listen on {args.host}:{args.port}: {error.strerror or error}",
               file=sys.stderr)
         return 2
-    model_path = args.model or find_latest_model(args.runs_dir)
-    if model_path is None:
-        print("error: no model found; train one with python scripts/train.py", file=sys.stderr)
-        return 2
     try:
+        model_path = model_to_use(args.model, args.runs_dir)
         model = load_segmenter(model_path)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -31,6 +31,7 @@ import numpy as np
 from keras import ops
 
 from segment.imageio import DataError
+from segment.inference import size_multiple
 
 __all__ = ["FORMATS", "METADATA_KEY", "NearestUpsample2D", "export_model", "load_exported"]
 
@@ -81,8 +82,6 @@ def export_friendly(model):
             return NearestUpsample2D(layer.size, name=layer.name)
         return layer.__class__.from_config(layer.get_config())
 
-    from segment.inference import size_multiple
-
     copy = keras.models.clone_model(model, clone_function=clone)
     copy.set_weights(model.get_weights())
     side = size_multiple(model)
@@ -92,8 +91,6 @@ def export_friendly(model):
 
 def metadata(model):
     """What inference needs besides the network, as stored with an exported file."""
-    from segment.inference import size_multiple
-
     return {
         "inference": dict(getattr(model, "inference", {})),
         "size_multiple": size_multiple(model),

@@ -41,6 +41,7 @@ __all__ = [
     "find_latest_model",
     "load_segmenter",
     "model_threshold",
+    "model_to_use",
     "model_tta",
     "output_path",
     "predict_mask",
@@ -127,6 +128,18 @@ def find_latest_model(runs_dir="runs"):
     """
     candidates = [path for path in Path(runs_dir).glob("*/model.keras") if path.is_file()]
     return max(candidates, key=lambda path: path.stat().st_mtime, default=None)
+
+
+def model_to_use(path, runs_dir="runs"):
+    """`path`, or when it is None the newest model in `runs_dir` (`find_latest_model`).
+
+    Raises:
+        DataError: no path given and no model in `runs_dir`.
+    """
+    path = path or find_latest_model(runs_dir)
+    if path is None:
+        raise DataError("no model found; train one with python scripts/train.py")
+    return Path(path)
 
 
 def size_multiple(model):

@@ -246,16 +246,14 @@ class _FolderSamples:
             yield Path(image_path).name, image, mask
 
 
-def _datasets(config, pairs, start, shard=None):
-    """The training stream (resumed at sample `start`) and the validation samples.
+def _training_stream(config, pairs, start, shard=None):
+    """The training stream, resumed at sample `start`.
 
     `pairs` is `_folder_pairs(config)` for `--data`, None for the synthetic stream; `shard`
-    is `(worker, workers)` for one worker's share of each batch. The validation samples are
-    `(name, image, truth)` at the images' own size: validation runs the model as prediction
-    does.
+    is `(worker, workers)` for one worker's share of each batch.
     """
     if pairs is None:
-        train = data.synthetic_dataset(
+        return data.synthetic_dataset(
             size=config.size,
             batch_size=config.batch_size,
             difficulty=config.difficulty,
@@ -263,20 +261,8 @@ def _datasets(config, pairs, start, shard=None):
             start=start,
             shard=shard,
         )
-        images, masks = data.synthetic_arrays(
-            config.val_count,
-            size=config.size,
-            difficulty=config.difficulty,
-            seed=config.seed + _VALIDATION_SEED_OFFSET,
-        )
-        validation = [
-            (f"{index:05d}", image, mask[..., 0] > 0.5)
-            for index, (image, mask) in enumerate(zip(images, masks))
-        ]
-        return train, validation
-    train_pairs, val_pairs = pairs
-    train = data.folder_dataset(
-        train_pairs,
+    return data.folder_dataset(
+        pairs[0],
         size=config.size,
         batch_size=config.batch_size,
         augment=True,
@@ -285,7 +271,23 @@ def _datasets(config, pairs, start, shard=None):
         start=start,
         shard=shard,
     )
-    return train, _FolderSamples(val_pairs, config.threshold)
+
+
+def _validation_samples(config, pairs):
+    """The validation samples `(name, image, truth)` at the images' own size: validation runs
+    the model as prediction does. `pairs` as for `_training_stream`."""
+    if pairs is not None:
+        return _FolderSamples(pairs[1], config.threshold)
+    images, masks = data.synthetic_arrays(
+        config.val_count,
+        size=config.size,
+        difficulty=config.difficulty,
+        seed=config.seed + _VALIDATION_SEED_OFFSET,
+    )
+    return [
+        (f"{index:05d}", image, mask[..., 0] > 0.5)
+        for index, (image, mask) in enumerate(zip(images, masks))
+    ]
 
 
 def _distributed_stream(config, pairs, start, strategy):
@@ -299,7 +301,7 @@ def _distributed_stream(config, pairs, start, strategy):
                 f"{context.num_replicas_in_sync} devices on {context.num_input_pipelines} workers"
             )
         shard = (context.input_pipeline_id, context.num_input_pipelines)
-        return _datasets(config, pairs, start, shard=shard)[0]
+        return _training_stream(config, pairs, start, shard=shard)
 
     return strategy.distribute_datasets_from_function(worker_stream)
 
@@ -375,7 +377,7 @@ def _epochs_for_budget(config, pairs, strategy, deadline):
     with strategy.scope():
         model = _build(config)
         _compile(model, config, halve_every=1)
-    train_data, validation = _datasets(config, pairs, 0)
+    train_data, validation = _training_stream(config, pairs, 0), _validation_samples(config, pairs)
     steps = _StepTimes()
     # The first steps trace the graph and warm up the kernels (longer in bfloat16): time the
     # steps after them, by the median, which an odd slow step does not move.
@@ -508,9 +510,11 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
                 backup.on_train_begin()
             start = int(model.optimizer.iterations.numpy()) * config.batch_size
             initial_epoch = start // (config.batch_size * config.steps_per_epoch)
-            train_data, validation = _datasets(config, pairs, start)
             if across_workers:
                 train_data = _distributed_stream(config, pairs, start, strategy)
+            else:
+                train_data = _training_stream(config, pairs, start)
+            validation = _validation_samples(config, pairs)
         except (DataError, ValueError):
             if created:  # an unreadable file: leave nothing behind for a run that never started
                 shutil.rmtree(folder)

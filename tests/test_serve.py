@@ -1,6 +1,7 @@
 """The HTTP API of scripts/serve.py, through an in-process client: every option, every error."""
 
 import io
+import json
 
 import keras
 import numpy as np
@@ -10,6 +11,7 @@ pytest.importorskip("fastapi", reason="the serve extra is part of [dev]")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
+from PIL import Image  # noqa: E402
 from starlette.formparsers import MultiPartParser  # noqa: E402
 
 from helpers import load_script  # noqa: E402
@@ -50,9 +52,7 @@ def _post(client, data, name="photo.png", **params):
 def _picture(response):
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "image/png"
-    return np.asarray(
-        __import__("PIL.Image", fromlist=["Image"]).open(io.BytesIO(response.content))
-    )
+    return np.asarray(Image.open(io.BytesIO(response.content)))
 
 
 def test_health_names_the_model_and_its_settings(client):
@@ -157,7 +157,7 @@ def test_load_test_script_runs_a_real_server_and_reports(tmp_path, model):
     out = tmp_path / "load.json"
     code = loadtest.main(["--model", str(path), "--requests", "8", "--clients", "2",
                           "--warmup", "2", "--json", str(out)])
-    report = __import__("json").loads(out.read_text())
+    report = json.loads(out.read_text())
     assert code == 0 and report["failed"] == 0
     assert sum(row["requests"] for row in report["per_size"].values()) == 8
     assert report["resident_mb_after_run"] > 0 and report["p95_s"] >= report["p50_s"] > 0
