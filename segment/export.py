@@ -1,7 +1,8 @@
 """Exported segmenters: writing ONNX, LiteRT and SavedModel files, and running the first two.
 
-`export_model` converts a trained `model.keras` with Keras 3's own `model.export`, after one
-change that the converters need: nearest-neighbour `UpSampling2D` becomes `NearestUpsample2D`,
+`export_model` converts a trained `model.keras` with Keras 3's own `model.export`, in float32
+whatever precision it was trained in, after one change that the converters need:
+nearest-neighbour `UpSampling2D` becomes `NearestUpsample2D`,
 the same arithmetic written as a broadcast and a reshape (LiteRT's converter cannot give a
 resized tensor of unknown height and width a channel count, and falls back to TensorFlow ops
 that its interpreter lacks). Height and width stay dynamic in every format, so exported models
@@ -71,7 +72,13 @@ class NearestUpsample2D(keras.layers.Layer):
 
 
 def export_friendly(model):
-    """A copy of `model`, same weights, with nearest `UpSampling2D` as `NearestUpsample2D`."""
+    """A copy of `model`, same weights, in float32, with nearest `UpSampling2D` as
+    `NearestUpsample2D`.
+
+    Float32 because a model trained under mixed precision (every model trained on a CPU with
+    bfloat16 instructions, or on a GPU) would otherwise carry bfloat16 or float16 casts into
+    the exported graph, which onnxruntime refuses to load and LiteRT runs slowly.
+    """
 
     def clone(layer):
         if (
@@ -79,8 +86,8 @@ def export_friendly(model):
             and layer.interpolation == "nearest"
             and layer.data_format == "channels_last"
         ):
-            return NearestUpsample2D(layer.size, name=layer.name)
-        return layer.__class__.from_config(layer.get_config())
+            return NearestUpsample2D(layer.size, name=layer.name, dtype="float32")
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
 
     copy = keras.models.clone_model(model, clone_function=clone)
     copy.set_weights(model.get_weights())

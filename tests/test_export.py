@@ -73,6 +73,28 @@ def test_exported_probabilities_equal_keras_at_any_size_and_tiled(trained, expor
         assert np.mean((got > 0.4) == (expected > 0.4)) >= 0.999
 
 
+@pytest.mark.parametrize("format", ["onnx", "litert"])
+def test_a_mixed_precision_model_exports_in_float32(tmp_path, format):
+    # Training on a CPU with bfloat16 instructions (or a GPU) saves a mixed-precision model;
+    # its export must run in the runtime and give the float32 network's probabilities.
+    keras.utils.set_random_seed(1)
+    try:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        mixed = build_model(base_filters=4, depth=2, inference=INFERENCE)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert mixed.get_layer("stem_conv").compute_dtype == "bfloat16"
+    mixed.save(tmp_path / "model.keras")
+    assert export_script.main(["--model", str(tmp_path / "model.keras"), "--format", format]) == 0
+    exported = load_segmenter(tmp_path / f"model{'.onnx' if format == 'onnx' else '.tflite'}")
+    twin = build_model(base_filters=4, depth=2, inference=INFERENCE)  # float32, same weights
+    twin.set_weights(mixed.get_weights())
+    image = random_image(48, 40, seed=5)
+    np.testing.assert_allclose(
+        predict_probability(exported, image), predict_probability(twin, image), atol=1e-4
+    )
+
+
 def test_predict_script_runs_an_exported_model_like_the_keras_one(tmp_path, trained, exported):
     (tmp_path / "in").mkdir()
     write_png(tmp_path / "in" / "photo.png", random_image(40, 52, seed=5))
