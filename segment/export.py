@@ -33,6 +33,7 @@ from keras import ops
 
 from segment.imageio import DataError
 from segment.inference import size_multiple
+from segment.layers import InstanceNormalize
 
 __all__ = ["FORMATS", "METADATA_KEY", "NearestUpsample2D", "export_model", "load_exported"]
 
@@ -71,6 +72,26 @@ class NearestUpsample2D(keras.layers.Layer):
         return {**super().get_config(), "size": self.size}
 
 
+class ExportInstanceNormalize(InstanceNormalize):
+    """`InstanceNormalize` as moments over height and width, for the converters.
+
+    The same arithmetic and weights; the training layer's batch-into-channels reshape and
+    fused batch-norm kernel become reductions and element-wise ops, which keep the converted
+    graph in one layout (tf2onnx otherwise wraps every normalisation in transposes).
+    """
+
+    def call(self, inputs):
+        mean = ops.mean(inputs, axis=(1, 2), keepdims=True)
+        centred = inputs - mean
+        variance = ops.mean(ops.square(centred), axis=(1, 2), keepdims=True)
+        y = centred * ops.rsqrt(variance + self.epsilon)
+        if self.gamma is not None:
+            y = y * self.gamma
+        if self.beta is not None:
+            y = y + self.beta
+        return y
+
+
 def export_friendly(model):
     """A copy of `model`, same weights, in float32, with nearest `UpSampling2D` as
     `NearestUpsample2D`.
@@ -87,6 +108,8 @@ def export_friendly(model):
             and layer.data_format == "channels_last"
         ):
             return NearestUpsample2D(layer.size, name=layer.name, dtype="float32")
+        if type(layer) is InstanceNormalize:
+            return ExportInstanceNormalize.from_config({**layer.get_config(), "dtype": "float32"})
         return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
 
     copy = keras.models.clone_model(model, clone_function=clone)
