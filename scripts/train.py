@@ -14,7 +14,9 @@ from segment.training import (  # noqa: E402
     DATA_MINUTES,
     HALVINGS,
     MAX_WORKING_SIZE,
+    STEPS_PER_EPOCH,
     SYNTHETIC_EPOCHS,
+    SYNTHETIC_SIZE,
 )
 from segment.training import train  # noqa: E402
 
@@ -61,10 +63,12 @@ def parse_args(argv):
     length.add_argument("--minutes", type=float, default=None,
                         help="wall-clock budget; training fits its epochs to it (default: "
                         f"{DATA_MINUTES:g} with --data)")
-    add("--steps-per-epoch", type=int, default=defaults.steps_per_epoch, help="batches per epoch")
+    add("--steps-per-epoch", type=int, default=None,
+        help=f"batches per epoch, each followed by validation (default: {STEPS_PER_EPOCH}; with "
+        "--minutes, enough that validation takes at most a tenth of the time)")
     add("--batch-size", type=int, default=defaults.batch_size, help="images per batch")
     add("--size", type=int, default=None,
-        help="synthetic: training crop side (default 96); --data: working size, the longer "
+        help=f"synthetic: training crop side (default {SYNTHETIC_SIZE}); --data: working size, the longer "
         f"side images are scaled to (default: their median, at most {MAX_WORKING_SIZE}); a multiple of 2**depth")
     add("--loss", choices=sorted(LOSSES), default=defaults.loss, help="loss (segment.losses.LOSSES)")
     add("--lr", type=float, default=defaults.lr, help="initial learning rate")

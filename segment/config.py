@@ -20,7 +20,10 @@ class TrainConfig:
     # synthetic shapes, DATA_MINUTES minutes on --data (segment.training).
     epochs: int | None = None
     minutes: float | None = None
-    steps_per_epoch: int = 100
+    # Batches per epoch (validation and checkpoints follow each epoch). None: 100, or with a
+    # wall-clock budget, as many as keep validation and checkpoints to a tenth of the time
+    # (recorded here once known; segment.training).
+    steps_per_epoch: int | None = None
     batch_size: int = 8  # momentum SGD learnt more per second from 8 than from 16 (README)
     # The side the network sees in training. Synthetic shapes: crops of size x size, learnt
     # and predicted at their own scale. --data: the working size, the longer side every image

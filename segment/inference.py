@@ -436,12 +436,19 @@ def _predict_batch(model, batch, *, tta):
     """Probabilities `(batch, h, w)` for a `(batch, h, w, 3)` array, flip-averaged if `tta`."""
     if not tta:
         return _run_network(model, batch)
-    # The four flips of the plane; each prediction is flipped back before averaging.
+    # The four flips of the plane, run together: one network call of four small images costs
+    # about 0.6x four calls of one (a 128-pixel image on 2 CPU cores). Calls stay no larger
+    # than the batch itself or four images, whichever is more. Each prediction is flipped back
+    # before averaging.
     flips = [(), (1,), (2,), (1, 2)]
+    flipped = np.concatenate([np.flip(batch, axis=axes) if axes else batch for axes in flips])
+    call = max(len(batch), len(flips))
+    predictions = np.concatenate([
+        _run_network(model, np.ascontiguousarray(flipped[first : first + call]))
+        for first in range(0, len(flipped), call)
+    ])
     total = np.zeros(batch.shape[:3], dtype=np.float32)
-    for axes in flips:
-        flipped = np.flip(batch, axis=axes) if axes else batch
-        prediction = _run_network(model, np.ascontiguousarray(flipped))
+    for axes, prediction in zip(flips, np.split(predictions, len(flips))):
         total += np.flip(prediction, axis=axes) if axes else prediction
     return total / len(flips)
 

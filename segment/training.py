@@ -31,9 +31,12 @@ __all__ = [
     "DATA_MINUTES",
     "HALVINGS",
     "MAX_WORKING_SIZE",
+    "STEPS_PER_EPOCH",
     "SYNTHETIC_EPOCHS",
+    "SYNTHETIC_SIZE",
     "choose_working_size",
     "native_half_precision",
+    "plan_budget",
     "train",
 ]
 
@@ -43,6 +46,11 @@ _VALIDATION_SEED_OFFSET = 1_000_003  # the validation set is drawn from its own 
 SYNTHETIC_EPOCHS = 40  # synthetic shapes, no --epochs or --minutes: about 8 minutes on 2 cores
 DATA_MINUTES = 10.0  # --data, no --epochs or --minutes: a wall-clock budget
 HALVINGS = 4  # rate halvings spread evenly over the run when --halve-every is not given
+STEPS_PER_EPOCH = 100  # batches per epoch when --steps-per-epoch is not given, but:
+# Under a --minutes budget, without --steps-per-epoch, epochs are made long enough that the
+# validation pass and the checkpoints after each take at most this share of the run: at 100
+# steps they took a quarter of a 10-minute Kvasir-SEG run (4 s of validation per 13 s epoch).
+VALIDATION_SHARE = 0.1
 SYNTHETIC_SIZE = 128  # synthetic crop side when --size is not given
 # --data working size when --size is not given: the images' own longer side (median over the
 # training set), at most this.
@@ -118,6 +126,8 @@ def _resolve(config, pairs):
             config.epochs = SYNTHETIC_EPOCHS
         else:
             config.minutes = DATA_MINUTES
+    if config.steps_per_epoch is None and config.epochs is not None:
+        config.steps_per_epoch = STEPS_PER_EPOCH  # a budget chooses its own (_fit_budget)
     return config
 
 
@@ -370,9 +380,10 @@ class _StepTimes(keras.callbacks.Callback):
         self.times = []
 
 
-def _epochs_for_budget(config, pairs, strategy, deadline):
-    """How many epochs fit before `deadline` (a `time.perf_counter()` value), measured on a
-    throwaway model: 30 training steps and a validation pass, each timed once warm."""
+def _fit_budget(config, pairs, strategy, deadline):
+    """`(epochs, steps_per_epoch)` that fit before `deadline` (a `time.perf_counter()` value),
+    measured on a throwaway model: 30 training steps and a validation pass, each timed once
+    warm (`plan_budget` does the arithmetic)."""
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = _build(config)
@@ -393,11 +404,32 @@ def _epochs_for_budget(config, pairs, strategy, deadline):
         started = time.perf_counter()
         model.save(Path(folder) / "model.keras")
         save_seconds = time.perf_counter() - started
-    seconds_per_epoch = config.steps_per_epoch * step_seconds + validation_seconds + 2 * save_seconds
     # What follows the last epoch: loading the best model and scoring it in full, about two
     # validation passes; and the real run traces the training graph once more.
     remaining = deadline - time.perf_counter() - 2 * validation_seconds - trace_seconds
-    return max(1, int(remaining / seconds_per_epoch))
+    return plan_budget(
+        remaining,
+        step_seconds=step_seconds,
+        after_epoch_seconds=validation_seconds + 2 * save_seconds,
+        steps_per_epoch=config.steps_per_epoch,
+    )
+
+
+def plan_budget(seconds, *, step_seconds, after_epoch_seconds, steps_per_epoch=None):
+    """`(epochs, steps_per_epoch)` for `seconds` of training.
+
+    Each epoch costs `steps_per_epoch * step_seconds` plus `after_epoch_seconds` (validation
+    and checkpoints). `steps_per_epoch` is kept when given; else epochs are made long enough
+    that what follows each takes at most `VALIDATION_SHARE` of it, in multiples of 50 steps,
+    at least `STEPS_PER_EPOCH`, and short enough for 8 epochs where the budget allows it.
+    """
+    if steps_per_epoch is None:
+        share = VALIDATION_SHARE
+        wanted = after_epoch_seconds * (1 - share) / (share * step_seconds)
+        at_most = seconds / step_seconds / 8
+        steps_per_epoch = max(STEPS_PER_EPOCH, 50 * math.ceil(min(wanted, at_most) / 50))
+    epochs = max(1, int(seconds / (steps_per_epoch * step_seconds + after_epoch_seconds)))
+    return epochs, steps_per_epoch
 
 
 def _history_best(path, initial_epoch):
@@ -438,8 +470,9 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
     killed run continues with `resume`.
 
     With `config.minutes`, training first measures this machine's speed on a throwaway model,
-    then fixes the number of epochs that fit the budget (recorded in `config.json`) and trains
-    exactly as `epochs=N` would, from the same initial weights.
+    then fixes the number of epochs that fit the budget and, unless given, their length
+    (both recorded in `config.json`) and trains exactly as `epochs=N` would, from the same
+    initial weights.
 
     With `strategy="multiworker"` (one process per machine, each given its place by
     `TF_CONFIG`), each worker reads its own share of every batch and the gradients are summed
@@ -495,7 +528,9 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
         try:
             if config.epochs is None:
                 deadline = started + config.minutes * 60
-                config.epochs = _epochs_for_budget(config, pairs, strategy, deadline)
+                config.epochs, config.steps_per_epoch = _fit_budget(
+                    config, pairs, strategy, deadline
+                )
                 config.to_json(folder / "config.json")
             keras.utils.set_random_seed(config.seed)
             with strategy.scope():

@@ -9,6 +9,7 @@ import pytest
 
 from segment.imageio import DataError
 from segment.inference import (
+    _predict_batch,
     _summed_weight,
     _tile_layout,
     clean_mask,
@@ -198,6 +199,21 @@ def test_tta_averages_the_four_flips(model):
         axis=0,
     )
     np.testing.assert_allclose(predict_probability(model, image, tta=True), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("count", [1, 3, 5])
+def test_tta_on_a_batch_of_tiles_averages_each_tile_s_flips(model, count):
+    # The flips of a batch run through the network together, in calls of at most
+    # max(count, 4) images; each tile's average must equal its own four predictions.
+    batch = np.stack([random_image(32, 48, seed=index) for index in range(count)])
+    expected = np.mean(
+        [
+            np.flip(np.asarray(model(np.flip(batch, axes), training=False))[..., 0], axes)
+            for axes in [(), (1,), (2,), (1, 2)]
+        ],
+        axis=0,
+    )
+    np.testing.assert_allclose(_predict_batch(model, batch, tta=True), expected, atol=1e-5)
 
 
 def test_resize_scales_the_longer_side_and_maps_the_probability_back(model):

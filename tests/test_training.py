@@ -12,7 +12,7 @@ from helpers import load_script
 from segment import data, metrics
 from segment.config import TrainConfig
 from segment.inference import load_segmenter, predict_mask
-from segment.training import choose_working_size, train
+from segment.training import choose_working_size, plan_budget, train
 
 TINY = ["--size", "32", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "4",
         "--val-count", "4", "--base-filters", "4", "--depth", "2"]
@@ -96,6 +96,19 @@ def test_a_time_budget_fixes_epochs_that_repeat_exactly(tmp_path):
     train(config("fixed", epochs=epochs), callbacks=[fixed], verbose=0)
     for a, b in zip(budgeted.weights, fixed.weights):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_budget_makes_epochs_long_enough_that_validation_takes_a_tenth():
+    # 0.1 s steps, 4 s of validation and checkpoints after each epoch, 600 s: 4 * 0.9 / (0.1 *
+    # 0.1) = 360 steps -> 400 (multiples of 50); an epoch is 44 s, so 13 fit.
+    assert plan_budget(600, step_seconds=0.1, after_epoch_seconds=4) == (13, 400)
+    # Validation that cheap needs no more than the usual 100 steps per epoch.
+    assert plan_budget(600, step_seconds=0.1, after_epoch_seconds=0.5) == (57, 100)
+    # A short budget keeps 8 epochs: 60 s / 0.1 s / 8 = 75 steps, raised to the 100 minimum.
+    assert plan_budget(60, step_seconds=0.1, after_epoch_seconds=4) == (4, 100)
+    # Steps per epoch given: kept; the epochs follow from it.
+    assert plan_budget(600, step_seconds=0.1, after_epoch_seconds=4, steps_per_epoch=20) == (100, 20)
+    assert plan_budget(1, step_seconds=0.1, after_epoch_seconds=4) == (1, 100)
 
 
 def test_the_rate_halves_evenly_over_the_whole_run(tmp_path):
