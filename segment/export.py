@@ -35,7 +35,14 @@ from segment.imageio import DataError
 from segment.inference import size_multiple
 from segment.layers import InstanceNormalize
 
-__all__ = ["FORMATS", "METADATA_KEY", "NearestUpsample2D", "export_model", "load_exported"]
+__all__ = [
+    "FORMATS",
+    "METADATA_KEY",
+    "ExportInstanceNormalize",
+    "NearestUpsample2D",
+    "export_model",
+    "load_exported",
+]
 
 # format -> file suffix ("" for a folder)
 FORMATS = {"onnx": ".onnx", "litert": ".tflite", "saved_model": ""}

@@ -12,6 +12,7 @@ from helpers import load_script
 from test_inference import random_image
 
 from segment import data
+from segment.export import ExportInstanceNormalize
 from segment.imageio import DataError, read_image, write_png
 from segment.inference import load_segmenter, predict_probability
 from segment.losses import CompositeLoss
@@ -71,6 +72,17 @@ def test_exported_probabilities_equal_keras_at_any_size_and_tiled(trained, expor
         assert got.shape == (height, width)
         np.testing.assert_allclose(got, expected, atol=1e-4)
         assert np.mean((got > 0.4) == (expected > 0.4)) >= 0.999
+
+
+def test_the_export_form_of_instance_normalisation_equals_group_normalisation():
+    x = np.random.default_rng(0).normal(3.0, 2.0, (2, 9, 7, 5)).astype(np.float32)
+    gamma, beta = np.linspace(0.5, 2.0, 5), np.linspace(-1.0, 1.0, 5)
+    stock = keras.layers.GroupNormalization(groups=-1, epsilon=1e-3)
+    layer = ExportInstanceNormalize(epsilon=1e-3)
+    for norm in (stock, layer):
+        norm.build(x.shape)
+        norm.set_weights([gamma, beta])
+    np.testing.assert_allclose(np.asarray(layer(x)), np.asarray(stock(x)), atol=1e-5)
 
 
 @pytest.mark.parametrize("format", ["onnx", "litert"])
