@@ -531,6 +531,11 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
                 config.epochs, config.steps_per_epoch = _fit_budget(
                     config, pairs, strategy, deadline
                 )
+                print(
+                    f"{config.minutes:g}-minute budget: {config.epochs} epochs of "
+                    f"{config.steps_per_epoch} steps on this machine",
+                    flush=True,
+                )
                 config.to_json(folder / "config.json")
             keras.utils.set_random_seed(config.seed)
             with strategy.scope():
