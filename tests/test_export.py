@@ -74,6 +74,35 @@ def test_exported_probabilities_equal_keras_at_any_size_and_tiled(trained, expor
         assert np.mean((got > 0.4) == (expected > 0.4)) >= 0.999
 
 
+def test_an_onnx_conversion_that_disagrees_with_keras_is_done_again(tmp_path, trained, monkeypatch, capsys):
+    from segment import export
+
+    checks = []
+    real_check = export._onnx_agrees
+
+    def first_fails(path, friendly):
+        checks.append(real_check(path, friendly))
+        return len(checks) > 1 and checks[-1]
+
+    monkeypatch.setattr(export, "_onnx_agrees", first_fails)
+    out = tmp_path / "again.onnx"
+    assert export_script.main(["--model", str(trained), "--format", "onnx", "--out", str(out)]) == 0
+    assert len(checks) >= 2 and checks[-1]  # refused once, converted again until it agreed
+    image = random_image(40, 36, seed=2)
+    np.testing.assert_allclose(
+        predict_probability(load_segmenter(out), image),
+        predict_probability(load_segmenter(trained), image),
+        atol=1e-4,
+    )
+
+    monkeypatch.setattr(export, "_onnx_agrees", lambda path, friendly: False)
+    never = tmp_path / "never.onnx"
+    assert export_script.main(["--model", str(trained), "--format", "onnx", "--out", str(never)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "disagrees with Keras 4 times" in error
+    assert not never.exists() and list(tmp_path.glob(".never.onnx*")) == []
+
+
 def test_the_export_form_of_instance_normalisation_equals_group_normalisation():
     x = np.random.default_rng(0).normal(3.0, 2.0, (2, 9, 7, 5)).astype(np.float32)
     gamma, beta = np.linspace(0.5, 2.0, 5), np.linspace(-1.0, 1.0, 5)
