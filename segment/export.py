@@ -1,13 +1,15 @@
 """Exported segmenters: writing ONNX, LiteRT and SavedModel files, and running the first two.
 
 `export_model` converts a trained `model.keras` with Keras 3's own `model.export`, in float32
-whatever precision it was trained in, after one change that the converters need:
-nearest-neighbour `UpSampling2D` becomes `NearestUpsample2D`,
-the same arithmetic written as a broadcast and a reshape (LiteRT's converter cannot give a
-resized tensor of unknown height and width a channel count, and falls back to TensorFlow ops
-that its interpreter lacks). Height and width stay dynamic in every format, so exported models
-take any image size that the network takes, tiled or whole, exactly as `predict.py` feeds the
-`.keras` model.
+whatever precision it was trained in, after two changes for the converters, each the same
+arithmetic: nearest-neighbour `UpSampling2D` becomes `NearestUpsample2D`, a broadcast and a
+reshape (LiteRT's converter cannot give a resized tensor of unknown height and width a
+channel count, and falls back to TensorFlow ops that its interpreter lacks), and
+`InstanceNormalize` becomes `ExportInstanceNormalize`, moments over height and width (which
+spares the ONNX graph a layout transpose around every normalisation). Every ONNX conversion is
+checked against Keras before it is kept. Height and width stay dynamic in every format, so
+exported models take any image size that the network takes, tiled or whole, exactly as
+`predict.py` feeds the `.keras` model.
 
 What prediction needs besides the network (`model.inference`: working size, threshold, flip
 averaging; the size multiple) travels with the file: in ONNX's `metadata_props` under the key
