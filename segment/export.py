@@ -184,8 +184,7 @@ def export_model(model, out, format, *, overwrite=False):
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch:
         staged = Path(scratch) / (out.name if suffix else "model")
         if format == "onnx":
-            _convert_onnx(friendly, staged, out)
-            _set_onnx_metadata(staged, info)
+            _convert_onnx(friendly, staged, out, info)
         elif format == "litert":
             friendly.export(str(staged), format="litert", verbose=False)
             (Path(scratch) / "sidecar.json").write_text(info + "\n")
@@ -206,12 +205,13 @@ def export_model(model, out, format, *, overwrite=False):
 _ONNX_ATTEMPTS = 4
 
 
-def _convert_onnx(friendly, staged, out):
+def _convert_onnx(friendly, staged, out, info):
     for _ in range(_ONNX_ATTEMPTS):
         staged.unlink(missing_ok=True)
         with warnings.catch_warnings():  # tf2onnx's numpy-2 shim probes np.object
             warnings.simplefilter("ignore", FutureWarning)
             friendly.export(str(staged), format="onnx", verbose=False)
+        _set_onnx_metadata(staged, info)
         if _onnx_agrees(staged, friendly):
             return
     raise DataError(
@@ -221,15 +221,11 @@ def _convert_onnx(friendly, staged, out):
 
 
 def _onnx_agrees(path, friendly):
-    """Whether the ONNX file gives `friendly`'s probabilities (within 1e-4) on a probe batch."""
-    import onnxruntime
-
+    """Whether the ONNX file, run as `load_exported` runs it, gives `friendly`'s probabilities
+    (within 1e-4) on a probe batch."""
     side = size_multiple(friendly)
     probe = np.random.default_rng(0).random((2, 2 * side, 3 * side, 3), dtype=np.float32)
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: probe})[0]
+    got = _load_onnx(path).predict_on_batch(probe)
     expected = np.asarray(friendly(probe, training=False))
     return got.shape == expected.shape and bool(np.allclose(got, expected, atol=1e-4))
 
