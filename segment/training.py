@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -37,6 +38,7 @@ __all__ = [
     "choose_working_size",
     "native_half_precision",
     "plan_budget",
+    "replan_epochs",
     "train",
 ]
 
@@ -355,11 +357,13 @@ class _Validation(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
+            started = time.perf_counter()
             model = self.model
             if self.local_model is not None:
                 self.local_model.set_weights(model.get_weights())
                 model = self.local_model
             logs["val_iou"] = mean_iou(model_method(model), self.samples)
+            self.seconds = time.perf_counter() - started  # the last pass, for _replan
 
 
 class _LearningRate(keras.callbacks.Callback):
@@ -370,6 +374,26 @@ class _LearningRate(keras.callbacks.Callback):
             optimizer = self.model.optimizer
             step = optimizer.iterations - 1
             logs["lr"] = float(optimizer.learning_rate * optimizer.halving_factor(step))
+
+
+class _FirstEpochPace(keras.callbacks.Callback):
+    """Times the first epoch of a budgeted run in full, then stops `fit` so the budget can be
+    planned again from it (`_replan`). Runs after every other callback, so that the epoch's
+    validation and checkpoints are inside the time."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.begun = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 0:  # the first step also traces the training graph: timed apart
+            self.first_step = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        steps = self.params["steps"]
+        self.epoch_seconds = (time.perf_counter() - self.first_step) * steps / max(1, steps - 1)
+        self.trace_seconds = max(0.0, self.first_step - self.begun - self.epoch_seconds / steps)
+        self.stopped_by_another = bool(self.model.stop_training)  # TerminateOnNaN, a caller's
+        self.model.stop_training = True
 
 
 class _StepTimes(keras.callbacks.Callback):
@@ -432,6 +456,37 @@ def plan_budget(seconds, *, step_seconds, after_epoch_seconds, steps_per_epoch=N
     return epochs, steps_per_epoch
 
 
+def replan_epochs(planned, *, seconds, epoch_seconds, halve_every=None):
+    """The epochs of a budgeted run, planned again once its first epoch has been timed.
+
+    `seconds` is what is left of the budget after the first epoch (less what follows the last
+    epoch); every further epoch costs `epoch_seconds`. The rate is constant until the first
+    halving, so changing the epochs after the first one repeats `epochs=N` exactly as long as
+    the first halving (at a fifth of the run, or every `halve_every` steps when given) stays
+    past the first epoch under both plans; otherwise `planned` is kept.
+    """
+    epochs = 1 + max(0, int(seconds / epoch_seconds))
+    if halve_every is None and min(epochs, planned) < HALVINGS + 1:
+        return planned
+    return epochs
+
+
+def _replan(model, config, pace, *, seconds):
+    """`config` with its epochs planned again from the first epoch's pace (`_FirstEpochPace`),
+    the optimizer's halvings moved to match; whether anything changed."""
+    epochs = replan_epochs(
+        config.epochs, seconds=seconds - pace.trace_seconds, epoch_seconds=pace.epoch_seconds,
+        halve_every=config.halve_every,
+    )
+    if epochs == config.epochs:
+        return False
+    config.epochs = epochs
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # loss scaling
+    optimizer.halve_every = _halve_every_steps(config)
+    model.make_train_function(force=True)  # the halving step is traced into the graph
+    return True
+
+
 def _history_best(path, initial_epoch):
     """Keep the history of completed epochs only; return the best val_iou in it."""
     if not path.exists():
@@ -472,7 +527,9 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
     With `config.minutes`, training first measures this machine's speed on a throwaway model,
     then fixes the number of epochs that fit the budget and, unless given, their length
     (both recorded in `config.json`) and trains exactly as `epochs=N` would, from the same
-    initial weights.
+    initial weights. Once the first epoch has run, the epochs are planned again from its own
+    time (`replan_epochs`; the rate is the same in the first epoch of either plan), so a burst
+    of other work during the few timed steps does not shorten the whole run.
 
     With `strategy="multiworker"` (one process per machine, each given its place by
     `TF_CONFIG`), each worker reads its own share of every batch and the gradients are summed
@@ -524,9 +581,11 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
     previous_policy = keras.mixed_precision.global_policy()
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy(_mixed_precision_policy())
+    replan = False  # a budget planned here is planned again after its first epoch
     try:
         try:
             if config.epochs is None:
+                replan = True
                 deadline = started + config.minutes * 60
                 config.epochs, config.steps_per_epoch = _fit_budget(
                     config, pairs, strategy, deadline
@@ -571,17 +630,36 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
             own_callbacks = [keras.callbacks.TerminateOnNaN()]
         if verbose is None:
             verbose = 1 if sys.stdout.isatty() else 2
+        fit = functools.partial(
+            model.fit,
+            epochs=config.epochs,
+            steps_per_epoch=config.steps_per_epoch,
+            shuffle=False,  # the streams are already in their seeded order
+            callbacks=own_callbacks + list(callbacks),
+            verbose=verbose,
+        )
         fit_started = time.perf_counter()
         try:
-            model.fit(
-                train_data,
-                epochs=config.epochs,
-                steps_per_epoch=config.steps_per_epoch,
-                initial_epoch=initial_epoch,
-                shuffle=False,  # the streams are already in their seeded order
-                callbacks=own_callbacks + list(callbacks),
-                verbose=verbose,
-            )
+            first_epoch = initial_epoch
+            if replan and config.epochs > 1:
+                # The first epoch times this machine far better than the throwaway steps did.
+                pace = _FirstEpochPace()
+                backup.delete_checkpoint = False  # the second fit continues from it
+                fit(train_data, callbacks=fit.keywords["callbacks"] + [pace])
+                backup.delete_checkpoint = True
+                model.stop_training = pace.stopped_by_another
+                if not model.stop_training:
+                    validation_seconds = own_callbacks[0].seconds
+                    seconds = deadline - time.perf_counter() - 2 * validation_seconds
+                    if _replan(model, config, pace, seconds=seconds):
+                        print(f"after the first epoch: {config.epochs} epochs fit the budget",
+                              flush=True)
+                        config.to_json(folder / "config.json")
+                    first_epoch = 1
+                    start = config.steps_per_epoch * config.batch_size
+                    train_data = _training_stream(config, pairs, start)
+            if not model.stop_training:
+                fit(train_data, epochs=config.epochs, initial_epoch=first_epoch)
         except _LOST_PEER as error:
             if not across_workers:
                 raise

@@ -12,7 +12,8 @@ from helpers import load_script
 from segment import data, metrics
 from segment.config import TrainConfig
 from segment.inference import load_segmenter, predict_mask
-from segment.training import choose_working_size, plan_budget, train
+from segment import training
+from segment.training import choose_working_size, plan_budget, replan_epochs, train
 
 TINY = ["--size", "32", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "4",
         "--val-count", "4", "--base-filters", "4", "--depth", "2"]
@@ -96,6 +97,39 @@ def test_a_time_budget_fixes_epochs_that_repeat_exactly(tmp_path):
     train(config("fixed", epochs=epochs), callbacks=[fixed], verbose=0)
     for a, b in zip(budgeted.weights, fixed.weights):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_budget_planned_too_short_is_planned_again_after_the_first_epoch(tmp_path, monkeypatch):
+    # The throwaway steps said 6 epochs fit 15 seconds; the first real epoch shows that many
+    # more do. The run takes them, and still repeats `epochs=N` exactly.
+    monkeypatch.setattr(training, "_fit_budget", lambda *args: (6, 2))
+
+    def config(name, **length):
+        return TrainConfig(out=str(tmp_path / name), size=32, batch_size=4, val_count=4,
+                           base_filters=4, depth=2, **length)
+
+    budgeted = _FinalWeights()
+    folder, _ = train(config("budget", minutes=0.25), callbacks=[budgeted], verbose=0)
+    recorded = TrainConfig.from_json(folder / "config.json")
+    assert recorded.epochs > 6 and recorded.steps_per_epoch == 2
+    with (folder / "history.csv").open() as handle:
+        assert [int(row["epoch"]) for row in csv.DictReader(handle)] == list(range(recorded.epochs))
+    fixed = _FinalWeights()
+    train(config("fixed", epochs=recorded.epochs, steps_per_epoch=2), callbacks=[fixed], verbose=0)
+    for a, b in zip(budgeted.weights, fixed.weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_replanning_keeps_the_first_epoch_before_the_first_halving():
+    # 500 s left after the first epoch, 25 s per epoch: 1 + 20.
+    assert replan_epochs(18, seconds=500, epoch_seconds=25) == 21
+    assert replan_epochs(23, seconds=520, epoch_seconds=25) == 21
+    # 3 epochs would put the first halving (at a fifth of the run) inside the first epoch,
+    # which already ran at the full rate: the plan stays.
+    assert replan_epochs(6, seconds=10, epoch_seconds=5) == 6
+    assert replan_epochs(3, seconds=100, epoch_seconds=5) == 3
+    # Halvings every N epochs do not move with the length of the run.
+    assert replan_epochs(6, seconds=10, epoch_seconds=5, halve_every=1) == 3
 
 
 def test_a_budget_makes_epochs_long_enough_that_validation_takes_a_tenth():
