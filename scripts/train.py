@@ -11,11 +11,13 @@ from segment.config import TrainConfig  # noqa: E402
 from segment.data import DIFFICULTIES  # noqa: E402
 from segment.losses import LOSSES  # noqa: E402
 from segment.training import (  # noqa: E402
+    DATA_LR,
     DATA_MINUTES,
     HALVINGS,
     MAX_WORKING_SIZE,
     STEPS_PER_EPOCH,
     SYNTHETIC_EPOCHS,
+    SYNTHETIC_LR,
     SYNTHETIC_SIZE,
 )
 from segment.training import train  # noqa: E402
@@ -71,7 +73,8 @@ def parse_args(argv):
         help=f"synthetic: training crop side (default {SYNTHETIC_SIZE}); --data: working size, the longer "
         f"side images are scaled to (default: their median, at most {MAX_WORKING_SIZE}); a multiple of 2**depth")
     add("--loss", choices=sorted(LOSSES), default=defaults.loss, help="loss (segment.losses.LOSSES)")
-    add("--lr", type=float, default=defaults.lr, help="initial learning rate")
+    add("--lr", type=float, default=None,
+        help=f"initial learning rate (default: {SYNTHETIC_LR:g} on synthetic shapes, {DATA_LR:g} with --data)")
     add("--momentum", type=float, default=defaults.momentum, help="StepHalvingSGD momentum")
     add("--halve-every", type=int, default=None,
         help=f"epochs between halvings of the rate (default: {HALVINGS} halvings spread over the run)")

@@ -31,8 +31,9 @@ class TrainConfig:
     # from the images (`segment.training.choose_working_size`).
     size: int | None = None
     loss: str = "composite"  # a key of segment.losses.LOSSES
-    lr: float = 0.5  # StepHalvingSGD's initial rate; MSE-based losses have small gradients
-    # (4 epochs of a sweep: 0.05 -> IoU 0.83, 0.15 -> 0.89, 0.4 -> 0.93, 1.0 diverged)
+    # StepHalvingSGD's initial rate; None: SYNTHETIC_LR on synthetic shapes, DATA_LR on --data
+    # (segment.training; recorded here once known).
+    lr: float | None = None
     momentum: float = 0.9
     halve_every: int | None = None  # epochs between rate halvings; None: HALVINGS spread over the run
     seed: int = 0  # one seed for weights, data stream, validation set and augmentation

@@ -38,6 +38,7 @@ def test_train_writes_a_complete_run_folder(train_script, tmp_path, capsys):
     assert {"iou", "dice", "spurious", "b0_error", "train_seconds"} <= set(results)
     assert 0.0 <= results["iou"] <= 1.0
     assert TrainConfig.from_json(out / "config.json").size == 32
+    assert TrainConfig.from_json(out / "config.json").lr == 0.5  # SYNTHETIC_LR
     assert any((out / "logs").iterdir())
     assert not (out / "backup").exists()  # removed once training completes
 
@@ -56,7 +57,7 @@ def test_train_on_an_image_mask_folder_reports_what_prediction_delivers(train_sc
     # The model carries the working size; segmenting the validation images through the
     # public prediction path at their own size gives exactly the figures in metrics.json.
     config = TrainConfig.from_json(out / "config.json")
-    assert config.size == 32
+    assert config.size == 32 and config.lr == 0.25  # DATA_LR
     # The output bias starts at the logit of the training masks' foreground share.
     train_pairs, val_pairs = data.split_pairs(
         data.find_pairs(tmp_path / "shapes"), val_fraction=0.5, seed=0
@@ -201,6 +202,7 @@ def test_a_resumed_run_ends_with_the_same_weights(tmp_path):
         (["--size", "30"], "multiple of 4"),
         (["--data", "no/such/folder"], "no/such/folder"),
         (["--epochs", "0"], "--epochs"),
+        (["--lr", "0"], "--lr must be positive"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(train_script, tmp_path, capsys, extra, message):
