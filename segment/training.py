@@ -369,13 +369,11 @@ class _Validation(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            started = time.perf_counter()
             model = self.model
             if self.local_model is not None:
                 self.local_model.set_weights(model.get_weights())
                 model = self.local_model
             logs["val_iou"] = mean_iou(model_method(model), self.samples)
-            self.seconds = time.perf_counter() - started  # the last pass, for _replan
 
 
 class _LearningRate(keras.callbacks.Callback):
@@ -389,21 +387,22 @@ class _LearningRate(keras.callbacks.Callback):
 
 
 class _FirstEpochPace(keras.callbacks.Callback):
-    """Times the first epoch of a budgeted run in full, then stops `fit` so the budget can be
-    planned again from it (`_replan`). Runs after every other callback, so that the epoch's
-    validation and checkpoints are inside the time."""
+    """Times the training steps of a budgeted run's first epoch, then stops `fit` so the
+    budget can be planned again from them (`_replan`). Runs after every other callback."""
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.begun = time.perf_counter()
+        self.begun, self.times = time.perf_counter(), []
 
     def on_train_batch_end(self, batch, logs=None):
-        if batch == 0:  # the first step also traces the training graph: timed apart
-            self.first_step = time.perf_counter()
+        self.times.append(time.perf_counter())
 
     def on_epoch_end(self, epoch, logs=None):
-        steps = self.params["steps"]
-        self.epoch_seconds = (time.perf_counter() - self.first_step) * steps / max(1, steps - 1)
-        self.trace_seconds = max(0.0, self.first_step - self.begun - self.epoch_seconds / steps)
+        times = self.times
+        # Steps are timed over the epoch's second half: the first steps of a run are slower
+        # (the first traces the graph; the input pipeline and the kernels warm up after it).
+        half = len(times) // 2 if len(times) >= 4 else 0
+        self.step_seconds = (times[-1] - times[half]) / max(1, len(times) - 1 - half)
+        self.trace_seconds = max(0.0, times[0] - self.begun - self.step_seconds)
         self.stopped_by_another = bool(self.model.stop_training)  # TerminateOnNaN, a caller's
         self.model.stop_training = True
 
@@ -417,9 +416,11 @@ class _StepTimes(keras.callbacks.Callback):
 
 
 def _fit_budget(config, pairs, strategy, deadline):
-    """`(epochs, steps_per_epoch)` that fit before `deadline` (a `time.perf_counter()` value),
-    measured on a throwaway model: 30 training steps and a validation pass, each timed once
-    warm (`plan_budget` does the arithmetic)."""
+    """`(epochs, steps_per_epoch, after_epoch_seconds, tail_seconds)`: the epochs that fit
+    before `deadline` (a `time.perf_counter()` value) and their length, what follows each
+    epoch (validation, checkpoints) and what follows the last, measured on a throwaway model:
+    30 training steps and a validation pass, each timed once warm (`plan_budget` does the
+    arithmetic)."""
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = _build(config)
@@ -442,13 +443,15 @@ def _fit_budget(config, pairs, strategy, deadline):
         save_seconds = time.perf_counter() - started
     # What follows the last epoch: loading the best model and scoring it in full, about two
     # validation passes; and the real run traces the training graph once more.
-    remaining = deadline - time.perf_counter() - 2 * validation_seconds - trace_seconds
-    return plan_budget(
-        remaining,
+    tail_seconds = 2 * validation_seconds
+    after_epoch_seconds = validation_seconds + 2 * save_seconds
+    epochs, steps_per_epoch = plan_budget(
+        deadline - time.perf_counter() - tail_seconds - trace_seconds,
         step_seconds=step_seconds,
-        after_epoch_seconds=validation_seconds + 2 * save_seconds,
+        after_epoch_seconds=after_epoch_seconds,
         steps_per_epoch=config.steps_per_epoch,
     )
+    return epochs, steps_per_epoch, after_epoch_seconds, tail_seconds
 
 
 def plan_budget(seconds, *, step_seconds, after_epoch_seconds, steps_per_epoch=None):
@@ -483,11 +486,14 @@ def replan_epochs(planned, *, seconds, epoch_seconds, halve_every=None):
     return epochs
 
 
-def _replan(model, config, pace, *, seconds):
-    """`config` with its epochs planned again from the first epoch's pace (`_FirstEpochPace`),
-    the optimizer's halvings moved to match; whether anything changed."""
+def _replan(model, config, pace, *, seconds, after_epoch_seconds):
+    """`config` with its epochs planned again from the first epoch's steps (`_FirstEpochPace`)
+    and the measured cost of what follows each epoch, the optimizer's halvings moved to
+    match; whether anything changed. `seconds`: what is left of the budget."""
     epochs = replan_epochs(
-        config.epochs, seconds=seconds - pace.trace_seconds, epoch_seconds=pace.epoch_seconds,
+        config.epochs,
+        seconds=seconds - pace.trace_seconds,  # changed halvings trace the graph again
+        epoch_seconds=config.steps_per_epoch * pace.step_seconds + after_epoch_seconds,
         halve_every=config.halve_every,
     )
     if epochs == config.epochs:
@@ -599,8 +605,8 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
             if config.epochs is None:
                 replan = True
                 deadline = started + config.minutes * 60
-                config.epochs, config.steps_per_epoch = _fit_budget(
-                    config, pairs, strategy, deadline
+                config.epochs, config.steps_per_epoch, after_epoch_seconds, tail_seconds = (
+                    _fit_budget(config, pairs, strategy, deadline)
                 )
                 print(
                     f"{config.minutes:g}-minute budget: {config.epochs} epochs of "
@@ -654,16 +660,16 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
         try:
             first_epoch = initial_epoch
             if replan and config.epochs > 1:
-                # The first epoch times this machine far better than the throwaway steps did.
+                # 250-odd steps time this machine far better than the throwaway's 20 did.
                 pace = _FirstEpochPace()
                 backup.delete_checkpoint = False  # the second fit continues from it
                 fit(train_data, callbacks=fit.keywords["callbacks"] + [pace])
                 backup.delete_checkpoint = True
                 model.stop_training = pace.stopped_by_another
                 if not model.stop_training:
-                    validation_seconds = own_callbacks[0].seconds
-                    seconds = deadline - time.perf_counter() - 2 * validation_seconds
-                    if _replan(model, config, pace, seconds=seconds):
+                    seconds = deadline - time.perf_counter() - tail_seconds
+                    if _replan(model, config, pace, seconds=seconds,
+                               after_epoch_seconds=after_epoch_seconds):
                         print(f"after the first epoch: {config.epochs} epochs fit the budget",
                               flush=True)
                         config.to_json(folder / "config.json")
