@@ -369,11 +369,13 @@ class _Validation(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
+            started = time.perf_counter()
             model = self.model
             if self.local_model is not None:
                 self.local_model.set_weights(model.get_weights())
                 model = self.local_model
             logs["val_iou"] = mean_iou(model_method(model), self.samples)
+            self.seconds = time.perf_counter() - started  # the last pass, for _replan
 
 
 class _LearningRate(keras.callbacks.Callback):
@@ -403,6 +405,7 @@ class _FirstEpochPace(keras.callbacks.Callback):
         half = len(times) // 2 if len(times) >= 4 else 0
         self.step_seconds = (times[-1] - times[half]) / max(1, len(times) - 1 - half)
         self.trace_seconds = max(0.0, times[0] - self.begun - self.step_seconds)
+        self.after_seconds = time.perf_counter() - times[-1]  # validation, checkpoints, logs
         self.stopped_by_another = bool(self.model.stop_training)  # TerminateOnNaN, a caller's
         self.model.stop_training = True
 
@@ -416,11 +419,10 @@ class _StepTimes(keras.callbacks.Callback):
 
 
 def _fit_budget(config, pairs, strategy, deadline):
-    """`(epochs, steps_per_epoch, after_epoch_seconds, tail_seconds)`: the epochs that fit
-    before `deadline` (a `time.perf_counter()` value) and their length, what follows each
-    epoch (validation, checkpoints) and what follows the last, measured on a throwaway model:
-    30 training steps and a validation pass, each timed once warm (`plan_budget` does the
-    arithmetic)."""
+    """`(epochs, steps_per_epoch, validation_seconds)`: the epochs that fit before `deadline`
+    (a `time.perf_counter()` value) and their length, measured on a throwaway model: 30
+    training steps and a validation pass, each timed once warm (`plan_budget` does the
+    arithmetic); and that warm validation pass's time."""
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = _build(config)
@@ -443,15 +445,13 @@ def _fit_budget(config, pairs, strategy, deadline):
         save_seconds = time.perf_counter() - started
     # What follows the last epoch: loading the best model and scoring it in full, about two
     # validation passes; and the real run traces the training graph once more.
-    tail_seconds = 2 * validation_seconds
-    after_epoch_seconds = validation_seconds + 2 * save_seconds
     epochs, steps_per_epoch = plan_budget(
-        deadline - time.perf_counter() - tail_seconds - trace_seconds,
+        deadline - time.perf_counter() - 2 * validation_seconds - trace_seconds,
         step_seconds=step_seconds,
-        after_epoch_seconds=after_epoch_seconds,
+        after_epoch_seconds=validation_seconds + 2 * save_seconds,
         steps_per_epoch=config.steps_per_epoch,
     )
-    return epochs, steps_per_epoch, after_epoch_seconds, tail_seconds
+    return epochs, steps_per_epoch, validation_seconds
 
 
 def plan_budget(seconds, *, step_seconds, after_epoch_seconds, steps_per_epoch=None):
@@ -486,14 +486,21 @@ def replan_epochs(planned, *, seconds, epoch_seconds, halve_every=None):
     return epochs
 
 
-def _replan(model, config, pace, *, seconds, after_epoch_seconds):
-    """`config` with its epochs planned again from the first epoch's steps (`_FirstEpochPace`)
-    and the measured cost of what follows each epoch, the optimizer's halvings moved to
-    match; whether anything changed. `seconds`: what is left of the budget."""
+def _replan(model, config, pace, *, deadline, first_validation, warm_validation):
+    """`config` with its epochs planned again from its first epoch (`_FirstEpochPace`), the
+    optimizer's halvings moved to match; whether anything changed.
+
+    The first epoch's validation pass traced the prediction graph for every image shape
+    (`first_validation` seconds); later passes take `warm_validation`, as calibration timed
+    them. What follows the last epoch, loading the best model and scoring it in full, costs
+    about two first passes.
+    """
+    after_epoch = max(0.0, pace.after_seconds - first_validation) + warm_validation
     epochs = replan_epochs(
         config.epochs,
-        seconds=seconds - pace.trace_seconds,  # changed halvings trace the graph again
-        epoch_seconds=config.steps_per_epoch * pace.step_seconds + after_epoch_seconds,
+        # Changed halvings trace the training graph again.
+        seconds=deadline - time.perf_counter() - 2 * first_validation - pace.trace_seconds,
+        epoch_seconds=config.steps_per_epoch * pace.step_seconds + after_epoch,
         halve_every=config.halve_every,
     )
     if epochs == config.epochs:
@@ -605,8 +612,8 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
             if config.epochs is None:
                 replan = True
                 deadline = started + config.minutes * 60
-                config.epochs, config.steps_per_epoch, after_epoch_seconds, tail_seconds = (
-                    _fit_budget(config, pairs, strategy, deadline)
+                config.epochs, config.steps_per_epoch, warm_validation = _fit_budget(
+                    config, pairs, strategy, deadline
                 )
                 print(
                     f"{config.minutes:g}-minute budget: {config.epochs} epochs of "
@@ -667,9 +674,9 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
                 backup.delete_checkpoint = True
                 model.stop_training = pace.stopped_by_another
                 if not model.stop_training:
-                    seconds = deadline - time.perf_counter() - tail_seconds
-                    if _replan(model, config, pace, seconds=seconds,
-                               after_epoch_seconds=after_epoch_seconds):
+                    if _replan(model, config, pace, deadline=deadline,
+                               first_validation=own_callbacks[0].seconds,
+                               warm_validation=warm_validation):
                         print(f"after the first epoch: {config.epochs} epochs fit the budget",
                               flush=True)
                         config.to_json(folder / "config.json")

@@ -103,7 +103,7 @@ def test_a_time_budget_fixes_epochs_that_repeat_exactly(tmp_path):
 def test_a_budget_planned_too_short_is_planned_again_after_the_first_epoch(tmp_path, monkeypatch):
     # The throwaway steps said 6 epochs fit 15 seconds; the first real epoch shows that many
     # more do. The run takes them, and still repeats `epochs=N` exactly.
-    monkeypatch.setattr(training, "_fit_budget", lambda *args: (6, 2, 0.05, 0.1))
+    monkeypatch.setattr(training, "_fit_budget", lambda *args: (6, 2, 0.05))
 
     def config(name, **length):
         return TrainConfig(out=str(tmp_path / name), size=32, batch_size=4, val_count=4,
