@@ -673,7 +673,9 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
                 fit(train_data, callbacks=fit.keywords["callbacks"] + [pace])
                 backup.delete_checkpoint = True
                 model.stop_training = pace.stopped_by_another
-                if not model.stop_training:
+                if model.stop_training:  # a NaN loss: no second fit to remove the backup
+                    backup.on_train_end()
+                else:
                     if _replan(model, config, pace, deadline=deadline,
                                first_validation=own_callbacks[0].seconds,
                                warm_validation=warm_validation):

@@ -121,6 +121,24 @@ def test_a_budget_planned_too_short_is_planned_again_after_the_first_epoch(tmp_p
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_budgeted_run_stopped_in_its_first_epoch_stops_there(tmp_path, monkeypatch):
+    # A caller's callback (or TerminateOnNaN) stops the run in the epoch the budget is
+    # planned again from: no second fit, no backup left behind.
+    monkeypatch.setattr(training, "_fit_budget", lambda *args: (6, 2, 0.05))
+
+    class StopAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = True
+
+    config = TrainConfig(out=str(tmp_path / "run"), size=32, batch_size=4, val_count=4,
+                         base_filters=4, depth=2, minutes=0.25)
+    folder, results = train(config, callbacks=[StopAfterFirstEpoch()], verbose=0)
+    assert results["stopped_early"] is True
+    with (folder / "history.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == 1
+    assert not (folder / "backup").exists()
+
+
 def test_replanning_keeps_the_first_epoch_before_the_first_halving():
     # 500 s left after the first epoch, 25 s per epoch: 1 + 20.
     assert replan_epochs(18, seconds=500, epoch_seconds=25) == 21
