@@ -388,15 +388,21 @@ class _LearningRate(keras.callbacks.Callback):
             logs["lr"] = float(optimizer.learning_rate * optimizer.halving_factor(step))
 
 
-class _FirstEpochPace(keras.callbacks.Callback):
+class _StepTimes(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter())
+
+    def on_train_begin(self, logs=None):
+        self.times = []
+
+
+class _FirstEpochPace(_StepTimes):
     """Times the training steps of a budgeted run's first epoch, then stops `fit` so the
     budget can be planned again from them (`_replan`). Runs after every other callback."""
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.begun, self.times = time.perf_counter(), []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter())
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.begun = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         times = self.times
@@ -408,14 +414,6 @@ class _FirstEpochPace(keras.callbacks.Callback):
         self.after_seconds = time.perf_counter() - times[-1]  # validation, checkpoints, logs
         self.stopped_by_another = bool(self.model.stop_training)  # TerminateOnNaN, a caller's
         self.model.stop_training = True
-
-
-class _StepTimes(keras.callbacks.Callback):
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter())
-
-    def on_train_begin(self, logs=None):
-        self.times = []
 
 
 def _fit_budget(config, pairs, strategy, deadline):
@@ -655,12 +653,13 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
             own_callbacks = [keras.callbacks.TerminateOnNaN()]
         if verbose is None:
             verbose = 1 if sys.stdout.isatty() else 2
+        all_callbacks = own_callbacks + list(callbacks)
         fit = functools.partial(
             model.fit,
             epochs=config.epochs,
             steps_per_epoch=config.steps_per_epoch,
             shuffle=False,  # the streams are already in their seeded order
-            callbacks=own_callbacks + list(callbacks),
+            callbacks=all_callbacks,
             verbose=verbose,
         )
         fit_started = time.perf_counter()
@@ -670,7 +669,7 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
                 # 250-odd steps time this machine far better than the throwaway's 20 did.
                 pace = _FirstEpochPace()
                 backup.delete_checkpoint = False  # the second fit continues from it
-                fit(train_data, callbacks=fit.keywords["callbacks"] + [pace])
+                fit(train_data, callbacks=all_callbacks + [pace])
                 backup.delete_checkpoint = True
                 model.stop_training = pace.stopped_by_another
                 if model.stop_training:  # a NaN loss: no second fit to remove the backup

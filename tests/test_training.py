@@ -85,17 +85,21 @@ def test_working_size_is_the_median_longer_side_capped_and_rounded(tmp_path):
     assert choose_working_size(pairs, multiple=32) == 64
 
 
-def test_a_time_budget_fixes_epochs_that_repeat_exactly(tmp_path):
-    def config(name, **length):
-        return TrainConfig(out=str(tmp_path / name), size=32, steps_per_epoch=2, batch_size=4,
-                           val_count=4, base_filters=4, depth=2, **length)
+def _tiny_config(folder, **settings):
+    """A tiny synthetic run's settings, for the tests of budgeted runs."""
+    return TrainConfig(out=str(folder), size=32, batch_size=4, val_count=4, base_filters=4,
+                       depth=2, **settings)
 
+
+def test_a_time_budget_fixes_epochs_that_repeat_exactly(tmp_path):
     budgeted = _FinalWeights()
-    folder, results = train(config("budget", minutes=0.25), callbacks=[budgeted], verbose=0)
+    folder, results = train(_tiny_config(tmp_path / "budget", steps_per_epoch=2, minutes=0.25),
+                            callbacks=[budgeted], verbose=0)
     epochs = TrainConfig.from_json(folder / "config.json").epochs
     assert epochs >= 2
     fixed = _FinalWeights()
-    train(config("fixed", epochs=epochs), callbacks=[fixed], verbose=0)
+    train(_tiny_config(tmp_path / "fixed", steps_per_epoch=2, epochs=epochs),
+          callbacks=[fixed], verbose=0)
     for a, b in zip(budgeted.weights, fixed.weights):
         np.testing.assert_array_equal(a, b)
 
@@ -104,19 +108,16 @@ def test_a_budget_planned_too_short_is_planned_again_after_the_first_epoch(tmp_p
     # The throwaway steps said 6 epochs fit 15 seconds; the first real epoch shows that many
     # more do. The run takes them, and still repeats `epochs=N` exactly.
     monkeypatch.setattr(training, "_fit_budget", lambda *args: (6, 2, 0.05))
-
-    def config(name, **length):
-        return TrainConfig(out=str(tmp_path / name), size=32, batch_size=4, val_count=4,
-                           base_filters=4, depth=2, **length)
-
     budgeted = _FinalWeights()
-    folder, _ = train(config("budget", minutes=0.25), callbacks=[budgeted], verbose=0)
+    folder, _ = train(_tiny_config(tmp_path / "budget", minutes=0.25), callbacks=[budgeted],
+                      verbose=0)
     recorded = TrainConfig.from_json(folder / "config.json")
     assert recorded.epochs > 6 and recorded.steps_per_epoch == 2
     with (folder / "history.csv").open() as handle:
         assert [int(row["epoch"]) for row in csv.DictReader(handle)] == list(range(recorded.epochs))
     fixed = _FinalWeights()
-    train(config("fixed", epochs=recorded.epochs, steps_per_epoch=2), callbacks=[fixed], verbose=0)
+    train(_tiny_config(tmp_path / "fixed", epochs=recorded.epochs, steps_per_epoch=2),
+          callbacks=[fixed], verbose=0)
     for a, b in zip(budgeted.weights, fixed.weights):
         np.testing.assert_array_equal(a, b)
 
@@ -130,9 +131,8 @@ def test_a_budgeted_run_stopped_in_its_first_epoch_stops_there(tmp_path, monkeyp
         def on_epoch_end(self, epoch, logs=None):
             self.model.stop_training = True
 
-    config = TrainConfig(out=str(tmp_path / "run"), size=32, batch_size=4, val_count=4,
-                         base_filters=4, depth=2, minutes=0.25)
-    folder, results = train(config, callbacks=[StopAfterFirstEpoch()], verbose=0)
+    folder, results = train(_tiny_config(tmp_path / "run", minutes=0.25),
+                            callbacks=[StopAfterFirstEpoch()], verbose=0)
     assert results["stopped_early"] is True
     with (folder / "history.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 1
