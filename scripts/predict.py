@@ -7,7 +7,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
 
-from segment.cli import HelpFormatter, choice_list, non_negative, positive, probability  # noqa: E402
+from segment.cli import (  # noqa: E402
+    HelpFormatter, choice_list, non_negative, positive, probability, scale_list,
+)
 from segment.inference import (  # noqa: E402
     OUTPUT_KINDS,
     collect_inputs,
@@ -25,10 +27,13 @@ examples:
 scale: working size or tiling?
   A model trained with train.py --data learnt whole images scaled to a working size, and
   remembers it: each image is scaled (aspect ratio kept) so that its longer side is that
-  size, segmented in one pass, and the result scaled back to the image's own size. A model
+  size, segmented, and the result scaled back to the image's own size. A model
   trained on synthetic shapes learnt at the images' own scale: an image larger than --tile is
   cut into overlapping tiles that are blended without seams, so any size works in bounded
   memory. --resize S overrides the model's choice (longer side S; 0: the image's own scale).
+  A --data model also averages its predictions over the four flips (--tta) and over five
+  scales around its working size (--scales 0.75,0.875,1,1.125,1.25), the range it was
+  trained over; --no-tta and --scales 1 make one pass.
   The threshold, too, is the model's own unless --threshold is given.
 """
 
@@ -64,6 +69,10 @@ def build_parser():
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                         help="average predictions over the four flips (4x slower, smoother "
                              "masks; default: the model's own setting, on for --data models)")
+    parser.add_argument("--scales", type=scale_list, default=None, metavar="FACTORS",
+                        help="comma-separated factors of the working size (or of the image's own "
+                             "size) to predict at and average, e.g. 1 for one pass (default: the "
+                             "model's own, 0.75 to 1.25 in steps of 1/8 for --data models)")
     parser.add_argument("--batch-size", type=positive, default=4,
                         help="tiles per network call")
     parser.add_argument("--min-area", type=non_negative, default=0,
@@ -129,6 +138,7 @@ def main(argv=None):
         overlap=args.overlap,
         resize=args.resize,
         tta=args.tta,
+        scales=args.scales,
         batch_size=args.batch_size,
     )
     print(f"done: {len(done)}, failed: {len(failed)}, outputs in {args.out}")

@@ -2,7 +2,7 @@
 
 import argparse
 
-__all__ = ["HelpFormatter", "choice_list", "non_negative", "positive", "probability"]
+__all__ = ["HelpFormatter", "choice_list", "non_negative", "positive", "probability", "scale_list"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -33,6 +33,19 @@ def positive(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
     return value
+
+
+def scale_list(text):
+    """Comma-separated positive factors, e.g. `0.75,1,1.25`."""
+    try:
+        scales = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        scales = []
+    if not scales or not all(0.0 < scale < float("inf") for scale in scales):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive factors such as 0.75,1,1.25, got {text!r}"
+        )
+    return scales
 
 
 def choice_list(choices, *, what, allow_none=False):

@@ -42,6 +42,7 @@ __all__ = [
     "load_segmenter",
     "model_threshold",
     "model_to_use",
+    "model_scales",
     "model_tta",
     "output_path",
     "predict_mask",
@@ -211,7 +212,7 @@ def tile_window(model, *, tile, overlap):
 
 
 def predict_probability(
-    model, image, *, tile=512, overlap=64, tta=None, resize=None, batch_size=4
+    model, image, *, tile=512, overlap=64, tta=None, resize=None, scales=None, batch_size=4
 ):
     """Foreground probability for one image of any size, at the image's own size.
 
@@ -242,22 +243,45 @@ def predict_probability(
             pass is cheap, off otherwise.
         resize: the longer side, in pixels, to scale the image to first; 0 for the image's own
             scale. Defaults to None: the model's own `working_size` (see `working_size`).
+        scales: factors of that side (or of the image's own longer side) to predict at; the
+            probabilities, each mapped back to the image, are averaged. Defaults to the
+            model's own setting (`model_scales`): the training scale range 0.75-1.25 in
+            steps of 1/8 for models trained at a working size, else `(1.0,)`.
         batch_size: tiles per network call. Defaults to 4.
 
     Returns:
         float32 array `(height, width)` with values in [0, 1].
     """
     image = _as_rgb(image)
-    tta = model_tta(model) if tta is None else tta
-    side = working_size(model) if resize is None else resize
-    if side:
-        return _predict_scaled(
-            model, image, side=side, tile=tile, overlap=overlap, tta=tta, batch_size=batch_size
-        )
-    multiple = size_multiple(model)
-    window = tile_window(model, tile=tile, overlap=overlap)
     if batch_size < 1:
         raise ValueError(f"Expected batch_size >= 1, got {batch_size}")
+    options = dict(
+        tile=tile, overlap=overlap, tta=model_tta(model) if tta is None else tta,
+        batch_size=batch_size,
+    )
+    side = working_size(model) if resize is None else resize
+    scales = model_scales(model) if scales is None else _checked_scales(scales)
+    if scales == (1.0,):
+        return _predict_at(model, image, side=side, **options)
+    # Several scales: a running sum, so memory stays one (height, width) array more.
+    base = side or max(image.shape[:2])
+    total = np.zeros(image.shape[:2], dtype=np.float32)
+    for scale in scales:
+        total += _predict_at(model, image, side=max(1, round(base * scale)), **options)
+    return total / len(scales)
+
+
+def _predict_at(model, image, *, side, **options):
+    """The probability at the image's own size, predicted with the longer side at `side`
+    pixels (None or 0: as it is)."""
+    if side and side != max(image.shape[:2]):
+        return _predict_scaled(model, image, side=side, **options)
+    return _predict_tiled(model, image, **options)
+
+
+def _predict_tiled(model, image, *, tile, overlap, tta, batch_size):
+    multiple = size_multiple(model)
+    window = tile_window(model, tile=tile, overlap=overlap)
     height, width = image.shape[:2]
     rows = _tile_layout(height, window=window, overlap=overlap, multiple=multiple)
     columns = _tile_layout(width, window=window, overlap=overlap, multiple=multiple)
@@ -292,6 +316,19 @@ def model_threshold(model):
 def model_tta(model):
     """Whether a model's predictions are flip-averaged by default: its saved setting, or no."""
     return bool(_inference_setting(model, "tta"))
+
+
+def model_scales(model):
+    """The factors of the working size a model's predictions are averaged over by default:
+    its saved setting, or `(1.0,)`."""
+    return _checked_scales(_inference_setting(model, "scales"))
+
+
+def _checked_scales(scales):
+    scales = tuple(float(scale) for scale in scales)
+    if not scales or not all(math.isfinite(scale) and scale > 0 for scale in scales):
+        raise ValueError(f"Expected one or more positive scales, got {list(scales)}")
+    return scales
 
 
 def working_size(model):
@@ -465,7 +502,7 @@ def _run_network(model, batch):
 def _predict_scaled(model, image, *, side, **predict_options):
     height, width = image.shape[:2]
     scaled = scale_image(image, scaled_shape(image.shape, side))
-    probability = predict_probability(model, scaled, resize=0, **predict_options)
+    probability = _predict_tiled(model, scaled, **predict_options)
     probability = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
     return np.clip(probability.reshape(height, width), 0.0, 1.0)
 

@@ -10,7 +10,7 @@ from segment.layers import InstanceNormalize, LayerScale, SweepContext, subtract
 __all__ = ["DEFAULT_INFERENCE", "SegmentationModel", "build_model"]
 
 # What a saved model tells prediction, unless training recorded otherwise.
-DEFAULT_INFERENCE = {"working_size": None, "threshold": 0.5, "tta": False}
+DEFAULT_INFERENCE = {"working_size": None, "threshold": 0.5, "tta": False, "scales": [1.0]}
 
 
 def _unscale_for_distribution(loss):
@@ -50,7 +50,8 @@ class SegmentationModel(keras.Model):
             `working_size` (the longer side, in pixels, that images were scaled to in
             training; None when it learnt at the images' own scale), `threshold` (the
             probability above which a pixel is foreground), `tta` (average the prediction
-            over the four flips). Defaults to `DEFAULT_INFERENCE`.
+            over the four flips), `scales` (factors of the working size, or of the image's
+            own size, to predict at and average over). Defaults to `DEFAULT_INFERENCE`.
     """
 
     def __init__(self, *args, inference=None, **kwargs):

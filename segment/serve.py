@@ -37,6 +37,7 @@ from segment.imageio import DataError, decode_image, encode_png
 from segment.inference import (
     OUTPUT_KINDS,
     clean_mask,
+    model_scales,
     model_threshold,
     model_tta,
     predict_probability,
@@ -190,6 +191,7 @@ def create_app(
             "working_size": working_size(model),
             "threshold": model_threshold(model),
             "tta": model_tta(model),
+            "scales": list(model_scales(model)),
             "max_upload_bytes": max_upload_bytes,
             "max_pixels": max_pixels,
         }

@@ -23,7 +23,7 @@ pytest.importorskip("onnxruntime", reason="the export extra is part of [dev]")
 
 export_script = load_script("export")
 predict_script = load_script("predict")
-INFERENCE = {"working_size": None, "threshold": 0.4, "tta": True}
+INFERENCE = {"working_size": None, "threshold": 0.4, "tta": True, "scales": [1.0]}
 
 
 @pytest.fixture(scope="module")

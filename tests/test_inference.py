@@ -257,6 +257,26 @@ def test_a_model_with_a_working_size_scales_images_to_it_unless_told_otherwise()
     )
 
 
+def test_scales_average_the_predictions_at_each_factor_of_the_working_size():
+    keras.utils.set_random_seed(5)
+    model = build_model(
+        base_filters=4, depth=2, inference={"working_size": 24, "scales": [0.5, 1.0, 1.5]}
+    )
+    image = random_image(30, 61)
+    # Each factor is a resize to that longer side (checked by hand in the test above).
+    at = {side: predict_probability(model, image, resize=side, scales=[1]) for side in (12, 24, 36)}
+    np.testing.assert_allclose(predict_probability(model, image), np.mean(list(at.values()), axis=0),
+                               atol=1e-6)
+    np.testing.assert_allclose(predict_probability(model, image, scales=[1.5, 0.5]),
+                               (at[12] + at[36]) / 2, atol=1e-6)
+    # A model at the images' own scale: factors of the image's own longer side.
+    model.inference["working_size"], model.inference["scales"] = None, [1.0, 0.5]
+    own, half = (predict_probability(model, image, resize=side, scales=[1]) for side in (0, 30))
+    np.testing.assert_allclose(predict_probability(model, image), (own + half) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match="positive scales"):
+        predict_probability(model, image, scales=[1.0, 0.0])
+
+
 def test_overlap_must_leave_room_for_a_tile_step(model):
     with pytest.raises(ValueError, match="overlap"):
         predict_probability(model, random_image(300, 300), tile=64, overlap=63)

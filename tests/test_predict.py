@@ -92,6 +92,17 @@ def test_a_model_trained_at_a_working_size_is_applied_as_saved(tmp_path, capsys)
                "--threshold", "0.6") == 0
     mask = cv2.imread(str(tmp_path / "b" / "photo_mask.png"), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(mask > 0, predict_probability(model, image, resize=0) > 0.6)
+    # Saved scales are averaged over unless --scales says otherwise.
+    model.inference["scales"] = [0.5, 1.0]
+    model.save(path)
+    averaged = (predict_probability(model, image, resize=12, scales=[1]) + scaled) / 2
+    assert not np.array_equal(averaged > 0.45, scaled > 0.45)
+    assert run(source, "--model", path, "--out", tmp_path / "c") == 0
+    mask = cv2.imread(str(tmp_path / "c" / "photo_mask.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(mask > 0, averaged > 0.45)
+    assert run(source, "--model", path, "--out", tmp_path / "d", "--scales", "1") == 0
+    mask = cv2.imread(str(tmp_path / "d" / "photo_mask.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(mask > 0, scaled > 0.45)
 
 
 @pytest.mark.parametrize(
@@ -236,6 +247,8 @@ def test_glob_patterns_are_expanded_and_no_match_is_a_usage_error(tmp_path, mode
         (["--save", "mask,sparkles"], "sparkles"),
         (["--threshold", "1.5"], "threshold"),
         (["--tile", "64", "--overlap", "64"], "overlap"),
+        (["--scales", "1,0"], "scales"),
+        (["--scales", "big"], "scales"),
     ],
 )
 def test_bad_options_are_usage_errors(tmp_path, model_path, capsys, arguments, message):

@@ -66,13 +66,19 @@ def test_train_on_an_image_mask_folder_reports_what_prediction_delivers(train_sc
                      for _, mask in train_pairs])
     assert config.foreground_prior == pytest.approx(share, abs=1e-4)
     model = load_segmenter(out / "model.keras")
-    assert model.inference == {"working_size": 32, "threshold": 0.5, "tta": True}
-    scores = []
+    assert model.inference == {"working_size": 32, "threshold": 0.5, "tta": True,
+                               "scales": [0.75, 0.875, 1.0, 1.125, 1.25]}  # DATA_SCALES
+    scores, at_working_size = [], []
     for image_path, mask_path in val_pairs:
         image, truth = data.read_pair(image_path, mask_path)
         scores.append(metrics.evaluate_masks(predict_mask(model, image), truth))
+        at_working_size.append(metrics.iou(predict_mask(model, image, scales=[1]), truth))
     for name in ("iou", "dice", "spurious", "b1_error"):
         assert results[name] == pytest.approx(np.mean([row[name] for row in scores]), abs=1e-9)
+    # Each epoch's validation, which picks the saved epoch, runs at the working size alone.
+    history = list(csv.DictReader(open(out / "history.csv")))
+    best = max(float(row["val_iou"]) for row in history)
+    assert best == pytest.approx(np.mean(at_working_size), abs=1e-9)
 
 
 def test_working_size_is_the_median_longer_side_capped_and_rounded(tmp_path):
