@@ -36,16 +36,15 @@ def positive(text):
 
 
 def scale_list(text):
-    """Comma-separated positive factors, e.g. `0.75,1,1.25`."""
+    """Comma-separated positive factors, e.g. `0.75,1,1.25` (`segment.inference.check_scales`)."""
+    from segment.inference import check_scales  # only the scripts that predict need it
+
     try:
-        scales = [float(part) for part in text.split(",") if part.strip()]
+        return list(check_scales(part for part in text.split(",") if part.strip()))
     except ValueError:
-        scales = []
-    if not scales or not all(0.0 < scale < float("inf") for scale in scales):
         raise argparse.ArgumentTypeError(
             f"expected comma-separated positive factors such as 0.75,1,1.25, got {text!r}"
-        )
-    return scales
+        ) from None
 
 
 def choice_list(choices, *, what, allow_none=False):

@@ -36,6 +36,7 @@ from segment.model import DEFAULT_INFERENCE
 __all__ = [
     "error_picture",
     "OUTPUT_KINDS",
+    "check_scales",
     "clean_mask",
     "collect_inputs",
     "find_latest_model",
@@ -260,7 +261,7 @@ def predict_probability(
         batch_size=batch_size,
     )
     side = working_size(model) if resize is None else resize
-    scales = model_scales(model) if scales is None else _checked_scales(scales)
+    scales = model_scales(model) if scales is None else check_scales(scales)
     if scales == (1.0,):
         return _predict_at(model, image, side=side, **options)
     # Several scales: a running sum, so memory stays one (height, width) array more.
@@ -321,10 +322,12 @@ def model_tta(model):
 def model_scales(model):
     """The factors of the working size a model's predictions are averaged over by default:
     its saved setting, or `(1.0,)`."""
-    return _checked_scales(_inference_setting(model, "scales"))
+    return check_scales(_inference_setting(model, "scales"))
 
 
-def _checked_scales(scales):
+def check_scales(scales):
+    """`scales` as a tuple of floats; ValueError unless there is at least one and every one is
+    finite and positive."""
     scales = tuple(float(scale) for scale in scales)
     if not scales or not all(math.isfinite(scale) and scale > 0 for scale in scales):
         raise ValueError(f"Expected one or more positive scales, got {list(scales)}")
