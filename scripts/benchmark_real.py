@@ -191,10 +191,14 @@ def run(args):
     trained = [f"ours:{loss}" for loss in args.losses] + ([] if args.no_plain else ["plain"])
     runs = [(method, seed) for seed in range(args.seeds) for method in trained]
     runs += [(name, 0) for name in args.baselines]
+    per_image_path = args.out / "per_image.csv"
+    # Seed 0's methods with per-image rows: a run stopped between a method's two writes is
+    # scored again rather than left out of worst.png.
+    scored = {row["method"] for row in _read_per_image(per_image_path)}
+    need_sheet = args.worst > 0 and not (args.out / "worst.png").exists()
     methods_seed0 = {}
     for method, seed in runs:
-        need_sheet = seed == 0 and args.worst > 0 and not (args.out / "worst.png").exists()
-        if (method, seed) in done and not need_sheet:
+        if (method, seed) in done and not (need_sheet and seed == 0):
             continue
         print(f"{method}, seed {seed}: {'training' if method in trained else 'scoring'}",
               flush=True)
@@ -208,23 +212,25 @@ def run(args):
             segmenter, seconds = BASELINES[method], 0.0
         if seed == 0:
             methods_seed0[method] = segmenter
-        if (method, seed) in done:
+        if (method, seed) in done and (seed != 0 or method in scored):
             continue
         image_rows = evaluate_folder(test_pairs, {method: segmenter})
+        if seed == 0:  # first: a row in results.csv means its per-image rows are written
+            _merge_per_image(per_image_path, image_rows)
+        if (method, seed) in done:
+            continue
         mean = summarize(image_rows)[method]
         row = {"method": method, "seed": seed, **mean, "train_seconds": seconds}
         _append_row(results_path, row)
         rows.append(row)
-        if seed == 0:
-            _merge_per_image(args.out / "per_image.csv", image_rows)
         print(f"  IoU {mean['iou']:.3f}, spurious {mean['spurious']:.2f}/image, "
               f"{seconds:.0f} s of training", flush=True)
 
     table = _results_table(rows)
     write_text(args.out / "results.md", f"# {args.data.name}: test split, {len(test_pairs)} images, "
                f"{args.minutes:g} minutes of training per run\n\n{table}\n")
-    if methods_seed0 and args.worst > 0:
-        image_rows = _read_per_image(args.out / "per_image.csv")
+    if need_sheet and methods_seed0:
+        image_rows = _read_per_image(per_image_path)
         first = trained[0] if trained else next(iter(methods_seed0))
         ordered = {first: methods_seed0[first], **methods_seed0}
         write_png(args.out / "worst.png",
@@ -233,14 +239,17 @@ def run(args):
 
 
 def _read_per_image(path):
+    if not path.exists():
+        return []
     with path.open(newline="", encoding="utf-8") as handle:
         return [{**row, **{key: float(row[key]) for key in (*METRIC_NAMES, "seconds")}}
                 for row in csv.DictReader(handle)]
 
 
 def _merge_per_image(path, new_rows):
-    rows = _read_per_image(path) if path.exists() else []
-    write_per_image_csv(path, rows + new_rows)
+    methods = {row["method"] for row in new_rows}
+    kept = [row for row in _read_per_image(path) if row["method"] not in methods]
+    write_per_image_csv(path, kept + new_rows)
 
 
 def main(argv=None) -> int:

@@ -42,6 +42,31 @@ def test_quick_benchmark_trains_scores_and_resumes(dataset, tmp_path, capsys):
     assert "training" not in capsys.readouterr().out
     with (out / "results.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 3
+    # A run stopped between a method's two writes: scored again, neither lost nor doubled.
+    per_image = out / "per_image.csv"
+
+    def scored():
+        with per_image.open() as handle:
+            return sorted((row["method"], row["file"]) for row in csv.DictReader(handle))
+
+    before = scored()
+    with per_image.open() as handle:
+        kept = [row for row in csv.DictReader(handle) if row["method"] != "otsu"]
+    with per_image.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(kept[0]))
+        writer.writeheader()
+        writer.writerows(kept)
+    (out / "worst.png").unlink()
+    assert bench.main(args) == 0
+    assert scored() == before and (out / "worst.png").exists()
+    results = (out / "results.csv").read_text().splitlines(keepends=True)
+    (out / "results.csv").write_text("".join(results[:-1]))
+    assert bench.main(args) == 0
+    assert scored() == before
+    with (out / "results.csv").open() as handle:
+        assert [row["method"] for row in csv.DictReader(handle)] == [
+            "ours:composite", "plain", "otsu"
+        ]
     # Other settings are refused, with one line.
     assert bench.main(args[:2] + ["--minutes", "0.1"] + args[4:]) == 2
     assert "other settings" in capsys.readouterr().err
