@@ -9,7 +9,9 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
 
 from segment.baselines import BASELINES  # noqa: E402
-from segment.cli import HelpFormatter, choice_list, non_negative, probability, scale_list  # noqa: E402
+from segment.cli import (  # noqa: E402
+    HelpFormatter, choice_list, non_negative, part_share, probability, scale_list,
+)
 from segment.data import find_pairs  # noqa: E402
 from segment.evaluation import (  # noqa: E402
     evaluate_folder,
@@ -63,6 +65,10 @@ def build_parser():
                         help="comma-separated factors of the working size (or of the image's own "
                              "size) to predict at and average, e.g. 1 for one pass (default: the "
                              "model's own, 0.75 to 1.25 in steps of 1/8 for --data models)")
+    parser.add_argument("--min-part", type=part_share, default=None, metavar="SHARE",
+                        help="drop foreground parts smaller than this share of the image's "
+                             "pixels, e.g. 0.01; 0: none (default: the model's own, chosen on "
+                             "validation by train.py --data)")
     parser.add_argument("--worst", type=non_negative, default=6, metavar="N",
                         help="rows of worst.png: images with the lowest IoU (0: no sheet)")
     parser.add_argument("--overwrite", action="store_true",
@@ -93,7 +99,7 @@ def main(argv=None) -> int:
         pairs = find_pairs(folder)
         methods = load_methods(
             model_path, args.baselines, threshold=args.threshold, resize=args.resize,
-            tta=args.tta, scales=args.scales,
+            tta=args.tta, scales=args.scales, min_part=args.min_part,
         )
         print(f"evaluating {', '.join(methods)} on {len(pairs)} images in {folder}")
         rows = evaluate_folder(pairs, methods)

@@ -8,7 +8,8 @@ training run uses, is degraded step by step along three axes, identically for ev
   contrast      contrast scaled around the mean, from 1 (as drawn) down to 0.1
 
 plus one combined point, sigma 0.15 with 5% salt and pepper. Every model segments every image
-as `predict.py --model` does; the outputs in --out are
+as `predict.py --model` does (with its own smallest part kept, unless --min-part says
+otherwise: --min-part 0 compares the networks' own masks); the outputs in --out are
 
   results.csv   per model, axis and strength: per-image mean IoU, spurious parts, B0/B1 errors
   results.md    the same as Markdown tables
@@ -27,7 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from segment.cli import HelpFormatter, positive  # noqa: E402
+from segment.cli import HelpFormatter, part_share, positive  # noqa: E402
 from segment.data import (  # noqa: E402
     add_gaussian_noise,
     add_salt_and_pepper,
@@ -75,6 +76,9 @@ def build_parser():
         help="folder for results.csv, results.md and results.png")
     add("--count", type=positive, default=64, help="held-out images")
     add("--size", type=positive, default=128, help="image side")
+    add("--min-part", type=part_share, default=None, metavar="SHARE",
+        help="drop foreground parts smaller than this share of the image; 0: keep every part "
+             "(default: each model's own)")
     add("--overwrite", action="store_true", help="replace an earlier report in --out")
     return parser
 
@@ -183,7 +187,7 @@ def main(argv=None) -> int:
             raise DataError(f"--names must give {len(args.models)} distinct names, got {names}")
         if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
             raise DataError(f"--out {args.out} is not empty; pass --overwrite to replace it")
-        methods = {name: model_method(load_segmenter(path))
+        methods = {name: model_method(load_segmenter(path), min_part=args.min_part)
                    for name, path in zip(names, args.models)}
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -8,7 +8,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
 
 from segment.cli import (  # noqa: E402
-    HelpFormatter, choice_list, non_negative, positive, probability, scale_list,
+    HelpFormatter, choice_list, non_negative, part_share, positive, probability, scale_list,
 )
 from segment.inference import (  # noqa: E402
     OUTPUT_KINDS,
@@ -34,7 +34,9 @@ scale: working size or tiling?
   A --data model also averages its predictions over the four flips (--tta) and over five
   scales around its working size (--scales 0.75,0.875,1,1.125,1.25), the range it was
   trained over; --no-tta and --scales 1 make one pass.
-  The threshold, too, is the model's own unless --threshold is given.
+  The threshold, too, is the model's own unless --threshold is given, and so is the smallest
+  foreground part kept: train.py chooses it on its validation images (parts below 0.25% to 2%
+  of the image, or none) and --min-part overrides it (--min-part 0 keeps every part).
 """
 
 
@@ -77,6 +79,10 @@ def build_parser():
                         help="tiles per network call")
     parser.add_argument("--min-area", type=non_negative, default=0,
                         help="remove foreground regions smaller than this many pixels (0: off)")
+    parser.add_argument("--min-part", type=part_share, default=None, metavar="SHARE",
+                        help="drop foreground parts smaller than this share of the image's "
+                             "pixels, e.g. 0.01; 0: none (default: the model's own, chosen on "
+                             "validation by train.py --data)")
     parser.add_argument("--fill-holes", type=non_negative, default=0,
                         help="fill holes smaller than this many pixels (0: off)")
     parser.add_argument("--overwrite", action="store_true",
@@ -133,6 +139,7 @@ def main(argv=None):
         overwrite=args.overwrite,
         threshold=args.threshold,
         min_area=args.min_area,
+        min_part=args.min_part,
         fill_holes=args.fill_holes,
         tile=args.tile,
         overlap=args.overlap,

@@ -2,7 +2,10 @@
 
 import argparse
 
-__all__ = ["HelpFormatter", "choice_list", "non_negative", "positive", "probability", "scale_list"]
+__all__ = [
+    "HelpFormatter", "choice_list", "non_negative", "part_share", "positive", "probability",
+    "scale_list",
+]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -19,6 +22,18 @@ def probability(text):
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a value in [0, 1], got {text}")
     return value
+
+
+def part_share(text):
+    """A share of an image's pixels in [0, 1), e.g. `0.01` (`segment.inference.check_min_part`)."""
+    from segment.inference import check_min_part  # only the scripts that predict need it
+
+    try:
+        return check_min_part(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a share of the image's pixels in [0, 1), such as 0.01, got {text!r}"
+        ) from None
 
 
 def non_negative(text):

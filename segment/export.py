@@ -12,9 +12,9 @@ exported models take any image size that the network takes, tiled or whole, exac
 `predict.py` feeds the `.keras` model.
 
 What prediction needs besides the network (`model.inference`: working size, threshold, flip
-averaging; the size multiple) travels with the file: in ONNX's `metadata_props` under the key
-`segment`, as a JSON sidecar `<file>.json` beside a `.tflite`, and as `segment.json` inside a
-SavedModel folder.
+and scale averaging, smallest part kept; the size multiple) travels with the file: in ONNX's
+`metadata_props` under the key `segment`, as a JSON sidecar `<file>.json` beside a `.tflite`,
+and as `segment.json` inside a SavedModel folder.
 
 `load_exported(path)` opens an `.onnx` (onnxruntime) or `.tflite` (LiteRT) file as an object
 with the part of the `keras.Model` interface that `segment.inference` uses (`predict_on_batch`,

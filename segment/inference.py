@@ -36,12 +36,14 @@ from segment.model import DEFAULT_INFERENCE
 __all__ = [
     "error_picture",
     "OUTPUT_KINDS",
+    "check_min_part",
     "check_scales",
     "clean_mask",
     "collect_inputs",
     "find_latest_model",
     "load_segmenter",
     "model_threshold",
+    "model_min_part",
     "model_to_use",
     "model_scales",
     "model_tta",
@@ -319,6 +321,20 @@ def model_tta(model):
     return bool(_inference_setting(model, "tta"))
 
 
+def model_min_part(model):
+    """The share of an image's pixels below which a model's predicted foreground parts are
+    dropped by default (`clean_mask`): its saved setting, or 0 (none)."""
+    return check_min_part(_inference_setting(model, "min_part"))
+
+
+def check_min_part(min_part):
+    """`min_part` as a float; ValueError unless it is a share in [0, 1)."""
+    share = float(min_part)
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"Expected a share of the image's pixels in [0, 1), got {min_part}")
+    return share
+
+
 def model_scales(model):
     """The factors of the working size a model's predictions are averaged over by default:
     its saved setting, or `(1.0,)`."""
@@ -344,7 +360,9 @@ def working_size(model):
     return int(side) if side else None
 
 
-def predict_mask(model, image, *, threshold=None, min_area=0, fill_holes=0, **predict_options):
+def predict_mask(
+    model, image, *, threshold=None, min_area=0, fill_holes=0, min_part=None, **predict_options
+):
     """Binary foreground mask for one image, at the image's own size.
 
     Args:
@@ -352,8 +370,10 @@ def predict_mask(model, image, *, threshold=None, min_area=0, fill_holes=0, **pr
         image: float `(height, width, 3)` RGB in [0, 1].
         threshold: pixels with probability above it are foreground. Defaults to the model's
             own (`model_threshold`).
-        min_area: remove foreground regions smaller than this many pixels. Defaults to 0 (off).
+        min_area: remove foreground parts smaller than this many pixels. Defaults to 0 (off).
         fill_holes: fill background holes smaller than this many pixels. Defaults to 0 (off).
+        min_part: remove foreground parts smaller than this share of the image's pixels.
+            Defaults to the model's own (`model_min_part`; 0, off, unless training chose one).
         **predict_options: passed to `predict_probability` (`tile`, `overlap`, `tta`, ...).
 
     Returns:
@@ -361,13 +381,21 @@ def predict_mask(model, image, *, threshold=None, min_area=0, fill_holes=0, **pr
     """
     probability = predict_probability(model, image, **predict_options)
     threshold = model_threshold(model) if threshold is None else threshold
-    return clean_mask(probability > threshold, min_area=min_area, fill_holes=fill_holes)
+    min_part = model_min_part(model) if min_part is None else min_part
+    return clean_mask(
+        probability > threshold, min_area=min_area, fill_holes=fill_holes, min_part=min_part
+    )
 
 
-def clean_mask(mask, *, min_area=0, fill_holes=0):
-    """Drop foreground specks and fill holes smaller than the given areas (0 = leave as is)."""
-    if min_area > 0:
-        mask = remove_small_objects(mask, **_area_argument(remove_small_objects, min_area))
+def clean_mask(mask, *, min_area=0, fill_holes=0, min_part=0.0):
+    """Drop foreground parts (8-connected) smaller than `min_area` pixels or than `min_part`
+    of the mask's pixels, then fill holes (4-connected) smaller than `fill_holes` pixels;
+    0 leaves the mask as it is."""
+    min_area = max(min_area, math.ceil(check_min_part(min_part) * mask.size))
+    if min_area > 1:
+        mask = remove_small_objects(
+            mask, connectivity=2, **_area_argument(remove_small_objects, min_area)
+        )
     if fill_holes > 0:
         mask = remove_small_holes(mask, **_area_argument(remove_small_holes, fill_holes))
     return mask
@@ -661,6 +689,7 @@ def segment_files(
     threshold=None,
     min_area=0,
     fill_holes=0,
+    min_part=None,
     **predict_options,
 ):
     """Segment image files and write their outputs, carrying on past bad files.
@@ -678,6 +707,7 @@ def segment_files(
         threshold: see `predict_mask`. Defaults to the model's own.
         min_area: see `predict_mask`. Defaults to 0 (off).
         fill_holes: see `predict_mask`. Defaults to 0 (off).
+        min_part: see `predict_mask`. Defaults to the model's own.
         **predict_options: passed to `predict_probability` (`tile`, `overlap`, `tta`, ...).
 
     Returns:
@@ -688,6 +718,7 @@ def segment_files(
         raise ValueError(f"Unknown output kinds {sorted(unknown)}; expected {OUTPUT_KINDS}")
     paths = [Path(path) for path in paths]
     cut = model_threshold(model) if threshold is None else threshold
+    min_part = model_min_part(model) if min_part is None else min_part
     inputs = {path.resolve() for path in paths}
     written_by = {}  # output file -> the input it was written for, in this run
     done, failed = [], []
@@ -699,7 +730,9 @@ def segment_files(
             probability = predict_probability(model, image, **predict_options)
             # The outputs need 8-bit colour only; the float image is four times larger.
             image = _to_uint8(image)
-            mask = clean_mask(probability > cut, min_area=min_area, fill_holes=fill_holes)
+            mask = clean_mask(
+                probability > cut, min_area=min_area, fill_holes=fill_holes, min_part=min_part
+            )
             for kind, target in targets.items():
                 write_png(target, render_output(kind, image, probability, mask))
                 written_by[target.resolve()] = path

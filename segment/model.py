@@ -10,7 +10,9 @@ from segment.layers import InstanceNormalize, LayerScale, SweepContext, subtract
 __all__ = ["DEFAULT_INFERENCE", "SegmentationModel", "build_model"]
 
 # What a saved model tells prediction, unless training recorded otherwise.
-DEFAULT_INFERENCE = {"working_size": None, "threshold": 0.5, "tta": False, "scales": [1.0]}
+DEFAULT_INFERENCE = {
+    "working_size": None, "threshold": 0.5, "tta": False, "scales": [1.0], "min_part": 0.0,
+}
 
 
 def _unscale_for_distribution(loss):
@@ -51,7 +53,9 @@ class SegmentationModel(keras.Model):
             training; None when it learnt at the images' own scale), `threshold` (the
             probability above which a pixel is foreground), `tta` (average the prediction
             over the four flips), `scales` (factors of the working size, or of the image's
-            own size, to predict at and average over). Defaults to `DEFAULT_INFERENCE`.
+            own size, to predict at and average over), `min_part` (foreground parts,
+            8-connected, smaller than this share of the image's pixels are dropped from the
+            mask). Defaults to `DEFAULT_INFERENCE`.
     """
 
     def __init__(self, *args, inference=None, **kwargs):

@@ -4,7 +4,7 @@
 
 - `POST /api/segment`: a multipart upload in the form field `file` (as rembg's server takes
   it); query options `output` (mask, prob, overlay, cutout), `threshold`, `tta`, `min_area`,
-  `fill_holes`; answers a PNG. The segmentation is `segment.inference`'s, as `predict.py` runs
+  `min_part`, `fill_holes`; answers a PNG. The segmentation is `segment.inference`'s, as `predict.py` runs
   it.
 - `GET /api/health`: the model's name, input size multiple, backend and inference settings.
 - `GET /`: one self-contained page (no external resources): drop an image, see the overlay
@@ -37,6 +37,7 @@ from segment.imageio import DataError, decode_image, encode_png
 from segment.inference import (
     OUTPUT_KINDS,
     clean_mask,
+    model_min_part,
     model_scales,
     model_threshold,
     model_tta,
@@ -192,6 +193,7 @@ def create_app(
             "threshold": model_threshold(model),
             "tta": model_tta(model),
             "scales": list(model_scales(model)),
+            "min_part": model_min_part(model),
             "max_upload_bytes": max_upload_bytes,
             "max_pixels": max_pixels,
         }
@@ -216,6 +218,11 @@ def create_app(
         ),
         tta: bool | None = Query(None, description="average the four flips (default: the model's)"),
         min_area: int = Query(0, ge=0, description="drop foreground parts smaller than this"),
+        min_part: float | None = Query(
+            None, ge=0, lt=1,
+            description="drop foreground parts smaller than this share of the image "
+            "(default: the model's)",
+        ),
         fill_holes: int = Query(0, ge=0, description="fill holes smaller than this"),
     ):
         """Segment one uploaded image; the answer is a PNG of the requested kind."""
@@ -239,7 +246,10 @@ def create_app(
                 with lock:
                     probability = predict_probability(model, image, **options)
             cut = model_threshold(model) if threshold is None else threshold
-            mask = clean_mask(probability > cut, min_area=min_area, fill_holes=fill_holes)
+            part = model_min_part(model) if min_part is None else min_part
+            mask = clean_mask(
+                probability > cut, min_area=min_area, fill_holes=fill_holes, min_part=part
+            )
             png = encode_png(render_output(output, image, probability, mask))
             del image, probability, mask
             _release_freed_memory()

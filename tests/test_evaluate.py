@@ -191,6 +191,7 @@ def test_refuses_to_overwrite(tmp_path, capsys):
         ["--model", "none", "--baselines", "none"],  # nothing to evaluate
         ["--model", "none", "--baselines", "otsu,kmeans"],  # unknown baseline
         ["--model", "none", "--threshold", "2"],
+        ["--model", "none", "--min-part", "1"],
     ],
 )
 def test_bad_arguments(tmp_path, capsys, arguments):

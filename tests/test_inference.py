@@ -6,6 +6,7 @@ import cv2
 import keras
 import numpy as np
 import pytest
+from skimage import measure
 
 from segment.imageio import DataError
 from segment.inference import (
@@ -298,6 +299,38 @@ def test_clean_mask_removes_specks_and_holes_below_the_given_areas(
     assert cleaned[1, 2] == speck_kept
     assert (not cleaned[7, 7]) == hole_kept
     assert cleaned[5, 5]  # the object itself stays
+
+
+def test_clean_mask_drops_parts_below_a_share_of_the_image():
+    mask = np.zeros((20, 20), dtype=bool)
+    mask[np.arange(1, 5), np.arange(1, 5)] = True  # 4 pixels touching at corners: one part
+    mask[10:13, 1:4] = True  # 9 pixels
+    mask[10:16, 10:16] = True  # 36 pixels
+    # 1.5% of 400 pixels is 6: the diagonal part goes, the others stay.
+    expected = mask.copy()
+    expected[:5] = False
+    np.testing.assert_array_equal(clean_mask(mask, min_part=0.015), expected)
+    assert clean_mask(mask, min_part=0.0225).sum() == 45  # 9 pixels is 2.25%: kept
+    assert clean_mask(mask, min_part=0.023).sum() == 36
+    assert clean_mask(mask, min_area=10, min_part=0.015).sum() == 36  # the larger of the two
+    with pytest.raises(ValueError, match="share"):
+        clean_mask(mask, min_part=1.0)
+
+
+def test_a_saved_smallest_part_is_the_default_for_masks():
+    keras.utils.set_random_seed(6)
+    model = build_model(base_filters=4, depth=2, inference={"min_part": 0.05})
+    image = random_image(40, 50)
+    probability = predict_probability(model, image)
+    model.inference["threshold"] = float(np.median(probability))  # a mask in many parts
+    raw = probability > model.inference["threshold"]
+    labels = measure.label(raw, connectivity=2)
+    sizes = np.bincount(labels.ravel())
+    kept = np.flatnonzero(sizes >= 0.05 * raw.size)
+    expected = np.isin(labels, kept[kept > 0])
+    assert 0 < expected.sum() < raw.sum()  # something dropped, something kept
+    np.testing.assert_array_equal(predict_mask(model, image), expected)
+    np.testing.assert_array_equal(predict_mask(model, image, min_part=0.0), raw)
 
 
 # ------------------------------------------------------------------ outputs

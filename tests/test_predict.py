@@ -5,6 +5,7 @@ import cv2
 import keras
 import numpy as np
 import pytest
+from skimage import measure
 
 from helpers import load_script
 from test_inference import random_image, tiny_model
@@ -102,6 +103,19 @@ def test_a_model_trained_at_a_working_size_is_applied_as_saved(tmp_path, capsys)
     np.testing.assert_array_equal(mask > 0, averaged > 0.45)
     assert run(source, "--model", path, "--out", tmp_path / "d", "--scales", "1") == 0
     mask = cv2.imread(str(tmp_path / "d" / "photo_mask.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(mask > 0, scaled > 0.45)
+    # A saved smallest part drops the foreground parts below it unless --min-part says otherwise.
+    labels = measure.label(scaled > 0.45, connectivity=2)
+    sizes = np.bincount(labels.ravel())
+    assert len(sizes) > 2  # some parts to drop, some to keep
+    share = (np.sort(sizes[1:])[-1] - 1) / labels.size  # just below the largest part
+    model.inference["scales"], model.inference["min_part"] = [1.0], share
+    model.save(path)
+    assert run(source, "--model", path, "--out", tmp_path / "e") == 0
+    mask = cv2.imread(str(tmp_path / "e" / "photo_mask.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(mask > 0, labels == np.argmax(sizes[1:]) + 1)
+    assert run(source, "--model", path, "--out", tmp_path / "f", "--min-part", "0") == 0
+    mask = cv2.imread(str(tmp_path / "f" / "photo_mask.png"), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(mask > 0, scaled > 0.45)
 
 
@@ -249,6 +263,8 @@ def test_glob_patterns_are_expanded_and_no_match_is_a_usage_error(tmp_path, mode
         (["--tile", "64", "--overlap", "64"], "overlap"),
         (["--scales", "1,0"], "scales"),
         (["--scales", "big"], "scales"),
+        (["--min-part", "1"], "min-part"),
+        (["--min-part", "-0.1"], "min-part"),
     ],
 )
 def test_bad_options_are_usage_errors(tmp_path, model_path, capsys, arguments, message):

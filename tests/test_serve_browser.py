@@ -29,6 +29,7 @@ import httpx  # noqa: E402
 import keras  # noqa: E402
 import uvicorn  # noqa: E402
 from PIL import Image  # noqa: E402
+from skimage import measure  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from segment.imageio import encode_png  # noqa: E402
@@ -51,7 +52,7 @@ def server():
     while not instance.started:
         assert time.monotonic() < deadline, "the server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
+    yield f"http://127.0.0.1:{port}", model
     instance.should_exit = True
     thread.join(10)
 
@@ -64,12 +65,19 @@ def _image():
 
 
 def test_upload_shows_overlay_and_mask_that_match_the_api(server, tmp_path):
+    server, model = server
     image = _image()
     path = tmp_path / "block.png"
     path.write_bytes(encode_png(image))
     answer = httpx.post(f"{server}/api/segment", params={"output": "prob"},
                         files={"file": ("block.png", path.read_bytes(), "image/png")})
     probability = np.asarray(Image.open(io.BytesIO(answer.content)))
+    # The model keeps only its largest foreground part: the page must drop the others.
+    labels = measure.label(probability > round(0.5 * 255), connectivity=2)
+    sizes = np.bincount(labels.ravel())[1:]
+    assert len(sizes) >= 2  # parts to drop and one to keep
+    second, largest = np.sort(sizes)[-2:]
+    model.inference["min_part"] = (second + largest) / 2 / labels.size
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -101,8 +109,10 @@ def test_upload_shows_overlay_and_mask_that_match_the_api(server, tmp_path):
     assert (width, height) == (64, 48)
     mask = np.array(mask, dtype=np.uint8).reshape(48, 64, 4)[..., 0] > 0
     overlay = np.array(overlay, dtype=np.uint8).reshape(48, 64, 4)[..., :3]
-    # The page cuts the 8-bit probability the API sent at the slider's threshold ...
-    expected = probability > round(threshold * 255)
+    # The page cuts the 8-bit probability the API sent at the slider's threshold and keeps
+    # the largest part ...
+    assert threshold == 0.5
+    expected = labels == np.argmax(sizes) + 1
     np.testing.assert_array_equal(mask, expected)
     # ... which is the server's own mask except, at most, where the probability lies within
     # 1/255 of the threshold.

@@ -67,7 +67,8 @@ def test_train_on_an_image_mask_folder_reports_what_prediction_delivers(train_sc
     assert config.foreground_prior == pytest.approx(share, abs=1e-4)
     model = load_segmenter(out / "model.keras")
     assert model.inference == {"working_size": 32, "threshold": 0.5, "tta": True,
-                               "scales": [0.75, 0.875, 1.0, 1.125, 1.25]}  # DATA_SCALES
+                               "scales": [0.75, 0.875, 1.0, 1.125, 1.25],  # DATA_SCALES
+                               "min_part": results["min_part"]}
     scores, at_working_size = [], []
     for image_path, mask_path in val_pairs:
         image, truth = data.read_pair(image_path, mask_path)
@@ -79,6 +80,58 @@ def test_train_on_an_image_mask_folder_reports_what_prediction_delivers(train_sc
     history = list(csv.DictReader((out / "history.csv").read_text().splitlines()))
     best = max(float(row["val_iou"]) for row in history)
     assert best == pytest.approx(np.mean(at_working_size), abs=1e-9)
+
+
+def _saved_tiny_model(path):
+    """A tiny compiled segmenter, one training step in, saved to `path`."""
+    keras.utils.set_random_seed(0)
+    model = training.build_model(depth=2, base_filters=4)
+    model.compile(optimizer=training.StepHalvingSGD(0.1, halve_every=5), loss="mse")
+    model.fit(np.zeros((2, 16, 16, 3)), np.zeros((2, 16, 16, 1)), epochs=1, verbose=0)
+    model.save(path)
+    return model
+
+
+def test_training_keeps_the_part_size_that_drops_stray_parts_without_costing_iou(
+    tmp_path, monkeypatch
+):
+    # 100 x 100 images, so the shares 0.25%, 0.5%, 1% and 2% are 25, 50, 100 and 200 pixels.
+    square = np.zeros((100, 100), bool)
+    square[20:60, 20:60] = True  # 1600 pixels
+    two_parts = square.copy()
+    two_parts[80:92, 80:92] = True  # and a true part of 144 pixels (1.44%)
+    with_stray = square.copy()
+    with_stray[80:88, 80:88] = True  # a predicted stray part of 64 pixels (0.64%)
+    images = [np.full((100, 100, 3), value, np.float32) for value in (0.0, 1.0)]
+    samples = [("a", images[0], square), ("b", images[1], two_parts)]
+    predicted = {0.0: with_stray, 1.0: two_parts}
+    monkeypatch.setattr(training, "model_method",
+                        lambda model, **options: lambda image: predicted[float(image[0, 0, 0])])
+    path = tmp_path / "model.keras"
+    trained = _saved_tiny_model(path)
+
+    # 1% drops the stray part and keeps the true one (IoU 1 on both); 2% drops the true part
+    # too (image b: IoU 1600 / 1744), so 1% is kept.
+    results = training._validation_metrics(path, samples)
+    assert results["min_part"] == 0.01
+    assert results["iou"] == 1.0 and results["spurious"] == 0.0
+    assert results["without_min_part"]["iou"] == pytest.approx((1600 / 1664 + 1) / 2)
+    assert results["without_min_part"]["spurious"] == 0.5
+    saved = keras.saving.load_model(path, safe_mode=True)
+    assert saved.inference["min_part"] == 0.01
+    assert int(saved.optimizer.iterations) == 1  # compiled, optimizer state and all
+    for a, b in zip(saved.get_weights(), trained.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert [file.name for file in tmp_path.iterdir()] == ["model.keras"]
+
+    # Nothing stray on the validation images: nothing is dropped, and the file is untouched.
+    predicted[0.0] = square
+    fresh = tmp_path / "fresh.keras"
+    _saved_tiny_model(fresh)
+    before = fresh.read_bytes()
+    results = training._validation_metrics(fresh, samples)
+    assert results["min_part"] == 0.0 and results["iou"] == 1.0
+    assert fresh.read_bytes() == before
 
 
 def test_working_size_is_the_median_longer_side_capped_and_rounded(tmp_path):
@@ -113,12 +166,23 @@ def test_a_time_budget_fixes_epochs_that_repeat_exactly(tmp_path):
 def test_a_budget_planned_too_short_is_planned_again_after_the_first_epoch(tmp_path, monkeypatch):
     # The throwaway steps said 6 epochs fit 15 seconds; the first real epoch shows that many
     # more do. The run takes them, and still repeats `epochs=N` exactly.
+    # It is planned once more after the last epoch before the first halving, timed warm.
     monkeypatch.setattr(training, "_fit_budget", lambda *args: (6, 2, 0.05))
+    plans = []
+    replan = training._replan
+
+    def recorded_replan(model, config, pace, *, done, **timings):
+        plans.append((done, config.epochs))
+        return replan(model, config, pace, done=done, **timings)
+
+    monkeypatch.setattr(training, "_replan", recorded_replan)
     budgeted = _FinalWeights()
     folder, _ = train(_tiny_config(tmp_path / "budget", minutes=0.25), callbacks=[budgeted],
                       verbose=0)
     recorded = TrainConfig.from_json(folder / "config.json")
     assert recorded.epochs > 6 and recorded.steps_per_epoch == 2
+    assert len(plans) == 2 and plans[0] == (1, 6)
+    assert plans[1][0] == plans[1][1] // 5 > 1  # after the epochs before the first halving
     with (folder / "history.csv").open() as handle:
         assert [int(row["epoch"]) for row in csv.DictReader(handle)] == list(range(recorded.epochs))
     fixed = _FinalWeights()
@@ -155,6 +219,11 @@ def test_replanning_keeps_the_first_epoch_before_the_first_halving():
     assert replan_epochs(3, seconds=100, epoch_seconds=5) == 3
     # Halvings every N epochs do not move with the length of the run.
     assert replan_epochs(6, seconds=10, epoch_seconds=5, halve_every=1) == 3
+    # Planned again after 4 epochs: 4 + 20, if the first halving stays past them in both
+    # plans (at a fifth of the run: at least 20 epochs).
+    assert replan_epochs(30, seconds=500, epoch_seconds=25, done=4) == 24
+    assert replan_epochs(30, seconds=300, epoch_seconds=25, done=4) == 30
+    assert replan_epochs(18, seconds=500, epoch_seconds=25, done=4) == 18
 
 
 def test_a_budget_makes_epochs_long_enough_that_validation_takes_a_tenth():
