@@ -59,3 +59,17 @@ def test_report_has_every_model_axis_and_strength(model_paths, tmp_path, capsys)
     assert "--overwrite" in capsys.readouterr().err
     assert robustness.main(argv[:3] + ["--names", "a,a"] + argv[5:] + ["--overwrite"]) == 2
     assert "distinct" in capsys.readouterr().err
+
+
+def test_min_part_reaches_every_model(model_paths, tmp_path, monkeypatch):
+    # Each model segments with its own smallest part unless --min-part says otherwise.
+    options = []
+    method = robustness.model_method
+    monkeypatch.setattr(robustness, "model_method",
+                        lambda model, **given: options.append(given) or method(model, **given))
+    argv = ["--models", *map(str, model_paths), "--count", "1", "--size", "32"]
+    assert robustness.main(argv + ["--out", str(tmp_path / "own")]) == 0
+    assert options == [{"min_part": None}] * 2
+    options.clear()
+    assert robustness.main(argv + ["--min-part", "0", "--out", str(tmp_path / "all")]) == 0
+    assert options == [{"min_part": 0.0}] * 2
