@@ -4,8 +4,8 @@
 
 - `POST /api/segment`: a multipart upload in the form field `file` (as rembg's server takes
   it); query options `output` (mask, prob, overlay, cutout), `threshold`, `tta`, `min_area`,
-  `min_part`, `fill_holes`; answers a PNG. The segmentation is `segment.inference`'s, as `predict.py` runs
-  it.
+  `min_part`, `fill_holes`; answers a PNG. The segmentation is `segment.inference`'s, as
+  `predict.py` runs it.
 - `GET /api/health`: the model's name, input size multiple, backend and inference settings.
 - `GET /`: one self-contained page (no external resources): drop an image, see the overlay
   and the cut-out side by side, move a threshold slider, download the mask or the cut-out.
