@@ -5,7 +5,8 @@ SegmentationModel's own train_step) against the same network built from stock Ke
 (GroupNormalization(groups=-1), SGD + ExponentialDecay, plain keras.Model), in float32 and in
 mixed_bfloat16; the cost of the composite loss; XLA; achieved GFLOP/s against the CPU's nominal
 float32 peak; inference and tiled-prediction speed per backend (Keras float32 and
-mixed_bfloat16, and the exported model in onnxruntime and LiteRT); and the synthetic generator.
+mixed_bfloat16, and the exported model in onnxruntime, LiteRT and OpenVINO); and the synthetic
+generator.
 
 Every measurement is repeated, the repeats of all variants are interleaved (variant A, B, C,
 then A, B, C again, ...) and the median is reported, so that load from other processes hits
@@ -252,14 +253,18 @@ def _seconds(function):
 
 
 def exported_backends(model, folder):
-    """`{"onnxruntime": ..., "litert": ...}`: `model` exported into `folder` and loaded, or
-    `{}` without the export extra (`pip install -e ".[export]"`)."""
+    """`{"onnxruntime": ..., "litert": ..., "openvino": ..., "openvino_float32": ...}`: `model`
+    exported into `folder` and loaded (OpenVINO in its own precision, bfloat16 where the CPU
+    computes it natively, and in float32), or `{}` without the export extra
+    (`pip install -e ".[export]"`)."""
     try:
         from segment.export import export_model, load_exported
 
         backends = {}
-        for format, name, suffix in (("onnx", "onnxruntime", ".onnx"), ("litert", "litert", ".tflite")):
+        for format, name, suffix in (("onnx", "onnxruntime", ".onnx"), ("litert", "litert", ".tflite"),
+                                     ("openvino", "openvino", ".xml")):
             backends[name] = load_exported(export_model(model, folder / f"model{suffix}", format))
+        backends["openvino_float32"] = load_exported(folder / "model.xml", precision="float32")
         return backends
     except DataError as error:
         print(f"exported backends left out: {error}", flush=True)
@@ -324,11 +329,13 @@ def run_benchmark(settings, *, xla=True):
     )
 
     # Inference, per backend: the custom model in Keras (float32, mixed_bfloat16) and, when
-    # the export extra is installed, its float32 weights exported to ONNX and LiteRT.
+    # the export extra is installed, its float32 weights exported to ONNX, LiteRT and OpenVINO.
     backends = {policy: models[f"custom_{policy}"] for policy in POLICIES}
     with tempfile.TemporaryDirectory() as folder:
         backends.update(exported_backends(models["custom_float32"], Path(folder)))
     results["backends"] = list(backends)
+    if "openvino" in backends:
+        results["openvino_precision"] = backends["openvino"].precision
 
     # One batch at inference_size.
     inference_size, inference_batch = settings["inference_size"], settings["inference_batch"]
@@ -430,7 +437,9 @@ def markdown_table(results):
             "|---|---:|---:|---:|---:|",
         ]
         labels = {"float32": "Keras float32", "mixed_bfloat16": "Keras mixed_bfloat16",
-                  "onnxruntime": "onnxruntime (float32)", "litert": "LiteRT (float32)"}
+                  "onnxruntime": "onnxruntime (float32)", "litert": "LiteRT (float32)",
+                  "openvino": f"OpenVINO ({results.get('openvino_precision', 'its default')})",
+                  "openvino_float32": "OpenVINO (float32)"}
         for name in [*POLICIES, *backends]:
             lines.append(
                 f"| {labels.get(name, name)} | {results[f'inference_{name}_img_s']:.1f} | "

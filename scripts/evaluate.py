@@ -43,7 +43,7 @@ def build_parser():
     # Required options default to SUPPRESS so that the help does not list "(default: None)".
     required = dict(required=True, default=argparse.SUPPRESS)
     parser.add_argument("--model", metavar="PATH", **required,
-                        help="model file (.keras, or .onnx/.tflite from export.py), or 'none' to evaluate baselines alone")
+                        help="model file (.keras, or .onnx/.tflite/.xml from export.py), or 'none' to evaluate baselines alone")
     parser.add_argument("--data", type=Path, metavar="DIR", **required,
                         help="dataset folder (with test/) or an images/ + masks/ folder")
     parser.add_argument("--out", type=Path, metavar="DIR", **required,

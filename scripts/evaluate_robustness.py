@@ -69,7 +69,7 @@ def build_parser():
     )
     add = parser.add_argument
     add("--models", nargs="+", type=Path, required=True, default=argparse.SUPPRESS,
-        metavar="PATH", help="model files (.keras, .onnx, .tflite) to compare")
+        metavar="PATH", help="model files (.keras, .onnx, .tflite, .xml) to compare")
     add("--names", default=None, help="comma-separated names for the models (default: the "
         "names of their run folders)")
     add("--out", type=Path, required=True, default=argparse.SUPPRESS, metavar="DIR",

@@ -1,4 +1,5 @@
-"""Export a trained segmenter for deployment: ONNX, LiteRT (.tflite) or a TensorFlow SavedModel."""
+"""Export a trained segmenter for deployment: ONNX, LiteRT (.tflite), OpenVINO (.xml + .bin) or a
+TensorFlow SavedModel."""
 
 import argparse
 import os
@@ -16,13 +17,18 @@ EPILOG = """\
 examples:
   python scripts/export.py --model runs/mine/model.keras --format onnx
   python scripts/export.py --model runs/mine/model.keras --format litert --out phone/seg.tflite
+  python scripts/export.py --model runs/mine/model.keras --format openvino  # the fastest on CPUs
   python scripts/predict.py photos/ --model runs/mine/model.onnx --out masks/
 
 Height and width stay dynamic in every format: the exported model takes any image size the
 network takes, and predict.py/evaluate.py tile and scale for it as for the .keras model.
 What inference needs besides the network (working size, threshold, flip averaging, size
 multiple) travels with the file: ONNX metadata_props "segment", a <file>.json sidecar beside
-a .tflite (keep the two together), segment.json inside a SavedModel folder.
+a .tflite (keep the two together), the OpenVINO model's rt_info "segment" (keep model.xml and
+model.bin together), segment.json inside a SavedModel folder.
+
+OpenVINO computes in bfloat16 on CPUs that do so natively (AVX512-BF16, AMX), as training's
+mixed precision does, and compiles the network once per input shape.
 
 Needs the export extra: pip install -e ".[export]"
 """
@@ -35,10 +41,11 @@ def build_parser():
     parser.add_argument("--model", required=True, type=Path, metavar="PATH",
                         help="the trained model.keras (loaded in safe mode)")
     parser.add_argument("--format", required=True, choices=sorted(FORMATS),
-                        help="onnx (onnxruntime), litert (.tflite) or saved_model (a folder)")
+                        help="onnx (onnxruntime), litert (.tflite), openvino (.xml + .bin) or "
+                             "saved_model (a folder)")
     parser.add_argument("--out", type=Path, default=None, metavar="PATH",
                         help="where to write (default: beside the model: model.onnx, "
-                             "model.tflite, model_saved_model/)")
+                             "model.tflite, model.xml, model_saved_model/)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     return parser
 

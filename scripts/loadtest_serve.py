@@ -161,7 +161,7 @@ def markdown(report):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, type=Path, metavar="PATH",
-                        help="model file to serve (.keras, .onnx, .tflite)")
+                        help="model file to serve (.keras, .onnx, .tflite, .xml)")
     parser.add_argument("--requests", type=positive, default=300, help="requests in all")
     parser.add_argument("--clients", type=positive, default=8, help="concurrent clients")
     parser.add_argument("--workers", type=positive, default=2, help="the server's --workers")

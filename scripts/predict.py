@@ -49,7 +49,7 @@ def build_parser():
     parser.add_argument("--out", required=True, type=Path, metavar="DIR",
                         help="folder for the outputs")
     parser.add_argument("--model", type=Path, default=None, metavar="PATH",
-                        help="model file (.keras, or .onnx/.tflite from export.py); defaults to the newest "
+                        help="model file (.keras, or .onnx/.tflite/.xml from export.py); defaults to the newest "
                              "RUNS_DIR/*/model.keras")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"),
                         help="where to look for a model when --model is not given")

@@ -35,7 +35,7 @@ def build_parser():
         description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter
     )
     parser.add_argument("--model", type=Path, default=None, metavar="PATH",
-                        help="model file (.keras, .onnx, .tflite); defaults to the newest "
+                        help="model file (.keras, .onnx, .tflite, .xml); defaults to the newest "
                              "RUNS_DIR/*/model.keras")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"),
                         help="where to look for a model when --model is not given")

@@ -1,4 +1,5 @@
-"""Exported segmenters: writing ONNX, LiteRT and SavedModel files, and running the first two.
+"""Exported segmenters: writing ONNX, LiteRT, OpenVINO and SavedModel files, and running the
+first three.
 
 `export_model` converts a trained `model.keras` with Keras 3's own `model.export`, in float32
 whatever precision it was trained in, after two changes for the converters, each the same
@@ -14,9 +15,11 @@ exported models take any image size that the network takes, tiled or whole, exac
 What prediction needs besides the network (`model.inference`: working size, threshold, flip
 and scale averaging, smallest part kept; the size multiple) travels with the file: in ONNX's
 `metadata_props` under the key `segment`, as a JSON sidecar `<file>.json` beside a `.tflite`,
-and as `segment.json` inside a SavedModel folder.
+in the OpenVINO model's `rt_info` under `segment`, and as `segment.json` inside a SavedModel
+folder.
 
-`load_exported(path)` opens an `.onnx` (onnxruntime) or `.tflite` (LiteRT) file as an object
+`load_exported(path)` opens an `.onnx` (onnxruntime), `.tflite` (LiteRT) or `.xml` (OpenVINO,
+with its `.bin` beside it) file as an object
 with the part of the `keras.Model` interface that `segment.inference` uses (`predict_on_batch`,
 `inference`, `size_multiple`), so `predict.py` and `evaluate.py` run it unchanged. The runtimes
 are an optional extra: `pip install -e ".[export]"`.
@@ -26,6 +29,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -47,7 +51,7 @@ __all__ = [
 ]
 
 # format -> file suffix ("" for a folder)
-FORMATS = {"onnx": ".onnx", "litert": ".tflite", "saved_model": ""}
+FORMATS = {"onnx": ".onnx", "litert": ".tflite", "openvino": ".xml", "saved_model": ""}
 METADATA_KEY = "segment"
 _SIDECAR = "segment.json"  # inside a SavedModel folder
 _EXTRA = 'pip install -e ".[export]"'
@@ -138,7 +142,8 @@ def metadata(model):
 
 
 def default_path(model_path, format):
-    """`RUN/model.keras` -> `RUN/model.onnx`, `RUN/model.tflite`, `RUN/model_saved_model/`."""
+    """`RUN/model.keras` -> `RUN/model.onnx`, `RUN/model.tflite`, `RUN/model.xml`,
+    `RUN/model_saved_model/`."""
     model_path = Path(model_path)
     if format == "saved_model":
         return model_path.with_name(model_path.stem + "_saved_model")
@@ -153,7 +158,7 @@ def export_model(model, out, format, *, overwrite=False):
 
     Args:
         model: a `keras.Model` (`segment.inference.load_segmenter`).
-        out: the file (`.onnx`, `.tflite`) or folder (SavedModel) to write.
+        out: the file (`.onnx`, `.tflite`, `.xml`) or folder (SavedModel) to write.
         format: one of `FORMATS`.
         overwrite: replace an existing `out`. Defaults to False.
 
@@ -170,7 +175,8 @@ def export_model(model, out, format, *, overwrite=False):
     suffix = FORMATS[format]
     if suffix and out.suffix.lower() != suffix:
         raise ValueError(f"{out}: a {format} file must end in {suffix}")
-    targets = [out, _sidecar(out)] if format == "litert" else [out]
+    companion = {"litert": _sidecar(out), "openvino": out.with_suffix(".bin")}.get(format)
+    targets = [out, companion] if companion else [out]
     existing = [str(path) for path in targets if path.exists()]
     if existing and not overwrite:
         raise DataError(f"{existing[0]}: already exists; pass --overwrite to replace it")
@@ -188,11 +194,16 @@ def export_model(model, out, format, *, overwrite=False):
         elif format == "litert":
             friendly.export(str(staged), format="litert", verbose=False)
             (Path(scratch) / "sidecar.json").write_text(info + "\n")
+        elif format == "openvino":
+            _convert_openvino(friendly, staged, out, info)
         else:
             friendly.export(str(staged), format="tf_saved_model", verbose=False)
             (staged / _SIDECAR).write_text(info + "\n")
+        # The companion file first: the main file's name appears last, once everything is in.
         if format == "litert":
             os.replace(Path(scratch) / "sidecar.json", _sidecar(out))
+        if format == "openvino":
+            os.replace(staged.with_suffix(".bin"), out.with_suffix(".bin"))
         if out.is_dir():
             shutil.rmtree(out)
         os.replace(staged, out)
@@ -220,12 +231,28 @@ def _convert_onnx(friendly, staged, out, info):
     )
 
 
+def _convert_openvino(friendly, staged, out, info):
+    import openvino
+
+    converted = staged.with_name("converted.xml")
+    friendly.export(str(converted), format="openvino", verbose=False)
+    network = openvino.Core().read_model(str(converted))
+    network.set_rt_info(info, [METADATA_KEY])
+    openvino.save_model(network, str(staged), compress_to_fp16=False)
+    if not _agrees(_load_openvino(staged, precision="float32"), friendly):
+        raise DataError(f"{out}: the OpenVINO converter produced a model that disagrees with Keras")
+
+
 def _onnx_agrees(path, friendly):
-    """Whether the ONNX file, run as `load_exported` runs it, gives `friendly`'s probabilities
-    (within 1e-4) on a probe batch."""
+    return _agrees(_load_onnx(path), friendly)
+
+
+def _agrees(exported, friendly):
+    """Whether an exported model, run as `load_exported` runs it, gives `friendly`'s
+    probabilities (within 1e-4) on a probe batch."""
     side = size_multiple(friendly)
     probe = np.random.default_rng(0).random((2, 2 * side, 3 * side, 3), dtype=np.float32)
-    got = _load_onnx(path).predict_on_batch(probe)
+    got = exported.predict_on_batch(probe)
     expected = np.asarray(friendly(probe, training=False))
     return got.shape == expected.shape and bool(np.allclose(got, expected, atol=1e-4))
 
@@ -234,6 +261,7 @@ def _require(format):
     modules = {
         "onnx": ("tf2onnx", "onnx", "onnxruntime"),
         "litert": ("ai_edge_litert",),
+        "openvino": ("openvino",),
         "saved_model": (),
     }
     for module in modules[format]:
@@ -270,11 +298,13 @@ class ExportedSegmenter:
 
     Attributes:
         name: the model's name. inference: its saved inference settings. size_multiple: what
-        input height and width must be multiples of. backend: "onnxruntime" or "litert".
+        input height and width must be multiples of. backend: "onnxruntime", "litert" or
+        "openvino". precision: what it computes in, "float32" or "bfloat16".
     """
 
-    def __init__(self, path, info, run, backend):
+    def __init__(self, path, info, run, backend, precision="float32"):
         self.path, self.backend, self._run = Path(path), backend, run
+        self.precision = precision
         self.name = str(info.get("name", self.path.stem))
         self.inference = dict(info["inference"])
         self.size_multiple = int(info["size_multiple"])
@@ -284,8 +314,15 @@ class ExportedSegmenter:
         return self._run(np.ascontiguousarray(batch, dtype=np.float32))
 
 
-def load_exported(path):
-    """Open an exported `.onnx` or `.tflite` segmenter for inference.
+def load_exported(path, *, precision=None):
+    """Open an exported `.onnx`, `.tflite` or `.xml` (OpenVINO) segmenter for inference.
+
+    Args:
+        path: the exported file.
+        precision: OpenVINO only: `"float32"` computes in float32; None (the default) lets
+            OpenVINO choose, which is bfloat16 on a CPU that computes it natively (AVX512-BF16
+            or AMX), as Keras's mixed precision is, and float32 elsewhere. onnxruntime and
+            LiteRT compute in float32.
 
     Raises:
         DataError: the file is missing, corrupt, not one `export_model` wrote (no metadata),
@@ -299,7 +336,9 @@ def load_exported(path):
         return _load_onnx(path)
     if suffix == ".tflite":
         return _load_litert(path)
-    raise DataError(f"{path}: not an exported model (.onnx or .tflite)")
+    if suffix == ".xml":
+        return _load_openvino(path, precision=precision)
+    raise DataError(f"{path}: not an exported model (.onnx, .tflite or .xml)")
 
 
 def _parse_info(path, text):
@@ -368,3 +407,54 @@ def _load_litert(path):
         return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
 
     return ExportedSegmenter(path, info, run, "litert")
+
+
+# Compiled for one input shape, OpenVINO runs this network about twice as fast as with dynamic
+# height and width; compiling takes a fifth of a second, so each new shape is compiled once and
+# kept (tiles and working-size images repeat a few shapes).
+_OPENVINO_SHAPES_KEPT = 16
+
+
+def _load_openvino(path, *, precision=None):
+    try:
+        import openvino
+    except ImportError:
+        raise DataError(f"{path}: running OpenVINO models needs openvino: {_EXTRA}") from None
+    path = Path(path)
+    weights = path.with_suffix(".bin")
+    if not weights.is_file():
+        raise DataError(f"{path}: no {weights.name} beside it (export writes both)")
+    core = openvino.Core()
+    try:
+        network = core.read_model(str(path))
+    except Exception as error:  # OpenVINO raises its own exception types
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise DataError(f"{path}: not a readable OpenVINO model ({first})") from None
+    if not network.has_rt_info([METADATA_KEY]):
+        raise DataError(
+            f"{path}: an OpenVINO model without segment metadata (export it with scripts/export.py)"
+        )
+    info = _parse_info(path, network.get_rt_info([METADATA_KEY]).astype(str))
+    config = {"PERFORMANCE_HINT": "LATENCY"}
+    if precision == "float32":
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    elif precision is not None:
+        raise ValueError(f"precision: None or 'float32', got {precision!r}")
+    native = precision is None and core.get_property("CPU", "INFERENCE_PRECISION_HINT") == openvino.Type.bf16
+    requests = {}  # input shape -> infer request, the most recently used last
+    lock = threading.Lock()  # one request per shape, and the cache, shared by every caller
+
+    def run(batch):
+        with lock:
+            request = requests.pop(batch.shape, None)
+            if request is None:
+                shaped = network.clone()
+                shaped.reshape(list(batch.shape))
+                request = core.compile_model(shaped, "CPU", config).create_infer_request()
+                if len(requests) >= _OPENVINO_SHAPES_KEPT:
+                    requests.pop(next(iter(requests)))
+            requests[batch.shape] = request
+            # The request's output buffer is reused by its next call: copy it out.
+            return np.array(request.infer({0: batch})[0], dtype=np.float32)
+
+    return ExportedSegmenter(path, info, run, "openvino", "bfloat16" if native else "float32")

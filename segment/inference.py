@@ -75,8 +75,9 @@ def load_segmenter(path):
 
     A native `.keras` archive is loaded in Keras safe mode, which refuses Python lambdas
     (stored as bytecode) and classes that are not registered with Keras; nothing in the file
-    is unpickled or evaluated. An exported `.onnx` or `.tflite` file (`scripts/export.py`)
-    is opened with onnxruntime or LiteRT (`segment.export.load_exported`).
+    is unpickled or evaluated. An exported `.onnx`, `.tflite` or `.xml` file
+    (`scripts/export.py`) is opened with onnxruntime, LiteRT or OpenVINO
+    (`segment.export.load_exported`).
 
     Args:
         path: a `model.keras` file written by training, or an exported model.
@@ -91,13 +92,13 @@ def load_segmenter(path):
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such model file")
-    if path.suffix.lower() in (".onnx", ".tflite"):
+    if path.suffix.lower() in (".onnx", ".tflite", ".xml"):
         from segment.export import load_exported
 
         return load_exported(path)
     if path.suffix.lower() != ".keras":
         raise DataError(
-            f"{path}: not a model file (.keras, or .onnx/.tflite from scripts/export.py)"
+            f"{path}: not a model file (.keras, or .onnx/.tflite/.xml from scripts/export.py)"
         )
     try:
         return keras.saving.load_model(path, safe_mode=True, compile=False)

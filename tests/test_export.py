@@ -12,7 +12,7 @@ from helpers import load_script
 from test_inference import random_image
 
 from segment import data
-from segment.export import ExportInstanceNormalize
+from segment.export import ExportInstanceNormalize, load_exported
 from segment.imageio import DataError, read_image, write_png
 from segment.inference import load_segmenter, predict_probability
 from segment.losses import CompositeLoss
@@ -43,21 +43,29 @@ def trained(tmp_path_factory):
 def exported(trained):
     """`{format: path}` written by scripts/export.py with only --model and --format."""
     paths = {}
-    for format in ("onnx", "litert", "saved_model"):
+    for format in ("onnx", "litert", "openvino", "saved_model"):
         assert export_script.main(["--model", str(trained), "--format", format]) == 0
         paths[format] = {
             "onnx": trained.with_suffix(".onnx"),
             "litert": trained.with_suffix(".tflite"),
+            "openvino": trained.with_suffix(".xml"),
             "saved_model": trained.with_name("model_saved_model"),
         }[format]
         assert paths[format].exists()
+    assert trained.with_suffix(".bin").is_file()  # OpenVINO's weights, beside its .xml
     return paths
 
 
-@pytest.mark.parametrize("format", ["onnx", "litert"])
+def float32_model(path):
+    """An exported model computing in float32 (OpenVINO would choose bfloat16 on a CPU with
+    native bfloat16; the other runtimes compute in float32 anyway)."""
+    return load_exported(path, precision="float32") if path.suffix == ".xml" else load_segmenter(path)
+
+
+@pytest.mark.parametrize("format", ["onnx", "litert", "openvino"])
 def test_exported_probabilities_equal_keras_at_any_size_and_tiled(trained, exported, format):
     keras_model = load_segmenter(trained)
-    model = load_segmenter(exported[format])
+    model = float32_model(exported[format])
     assert model.inference == INFERENCE and model.size_multiple == 4
     # Whole images of several sizes (multiples or not: padding), and one tiled image.
     for (height, width), options in [
@@ -114,7 +122,7 @@ def test_the_export_form_of_instance_normalisation_equals_group_normalisation():
     np.testing.assert_allclose(np.asarray(layer(x)), np.asarray(stock(x)), atol=1e-5)
 
 
-@pytest.mark.parametrize("format", ["onnx", "litert"])
+@pytest.mark.parametrize("format", ["onnx", "litert", "openvino"])
 def test_a_mixed_precision_model_exports_in_float32(tmp_path, format):
     # Training on a CPU with bfloat16 instructions (or a GPU) saves a mixed-precision model;
     # its export must run in the runtime and give the float32 network's probabilities.
@@ -127,7 +135,8 @@ def test_a_mixed_precision_model_exports_in_float32(tmp_path, format):
     assert mixed.get_layer("stem_conv").compute_dtype == "bfloat16"
     mixed.save(tmp_path / "model.keras")
     assert export_script.main(["--model", str(tmp_path / "model.keras"), "--format", format]) == 0
-    exported = load_segmenter(tmp_path / f"model{'.onnx' if format == 'onnx' else '.tflite'}")
+    suffix = {"onnx": ".onnx", "litert": ".tflite", "openvino": ".xml"}[format]
+    exported = float32_model(tmp_path / f"model{suffix}")
     twin = build_model(base_filters=4, depth=2, inference=INFERENCE)  # float32, same weights
     twin.set_weights(mixed.get_weights())
     image = random_image(48, 40, seed=5)
@@ -140,12 +149,51 @@ def test_predict_script_runs_an_exported_model_like_the_keras_one(tmp_path, trai
     (tmp_path / "in").mkdir()
     write_png(tmp_path / "in" / "photo.png", random_image(40, 52, seed=5))
     masks = {}
-    for name, model in [("keras", trained), ("onnx", exported["onnx"]), ("litert", exported["litert"])]:
+    names = ("onnx", "litert", "openvino")
+    for name, model in [("keras", trained), *((name, exported[name]) for name in names)]:
         out = tmp_path / name
         assert predict_script.main([str(tmp_path / "in"), "--model", str(model), "--out", str(out)]) == 0
         masks[name] = read_image(out / "photo_mask.png")
     assert np.mean(masks["onnx"] == masks["keras"]) >= 0.999
     assert np.mean(masks["litert"] == masks["keras"]) >= 0.999
+    # OpenVINO computes in bfloat16 where the CPU does natively (8 bits of mantissa): the
+    # masks agree wherever Keras's probability is not within rounding of the threshold.
+    keras_probability = predict_probability(load_segmenter(trained), random_image(40, 52, seed=5))
+    clear = np.abs(keras_probability - INFERENCE["threshold"]) > 0.01
+    assert clear.mean() > 0.5
+    assert np.array_equal(masks["openvino"][..., 0][clear] > 0, masks["keras"][..., 0][clear] > 0)
+
+
+def test_openvino_in_its_own_precision_is_within_bfloat16_rounding_of_keras(trained, exported):
+    keras_model, model = load_segmenter(trained), load_segmenter(exported["openvino"])
+    for height, width in ((32, 32), (45, 61)):
+        image = random_image(height, width, seed=width)
+        np.testing.assert_allclose(
+            predict_probability(model, image), predict_probability(keras_model, image), atol=0.01
+        )
+
+
+def test_openvino_compiles_each_shape_once_and_keeps_the_latest(trained, exported, monkeypatch):
+    import openvino
+
+    from segment import export
+
+    monkeypatch.setattr(export, "_OPENVINO_SHAPES_KEPT", 2)
+    model = load_exported(exported["openvino"], precision="float32")
+    keras_model = load_segmenter(trained)
+    compiled = []
+    real_compile = openvino.Core.compile_model
+
+    def counting(core, network, *args, **kwargs):
+        compiled.append(tuple(network.inputs[0].get_partial_shape().to_shape()))
+        return real_compile(core, network, *args, **kwargs)
+
+    monkeypatch.setattr(openvino.Core, "compile_model", counting)
+    batches = [random_image(h, w, seed=h)[None] for h, w in ((16, 16), (24, 16), (16, 16), (32, 8), (24, 16))]
+    for batch in batches:
+        np.testing.assert_allclose(model.predict_on_batch(batch), keras_model.predict_on_batch(batch), atol=1e-4)
+    # 16x16 again: kept; 32x8 pushes out the oldest (24x16), which is then compiled again.
+    assert compiled == [(1, 16, 16, 3), (1, 24, 16, 3), (1, 32, 8, 3), (1, 24, 16, 3)]
 
 
 def test_saved_model_folder_serves_the_same_probabilities(trained, exported):
@@ -199,6 +247,14 @@ def _foreign_onnx(path):
     onnx.save(helper.make_model(graph), str(path))
 
 
+def _foreign_openvino(path):
+    import openvino
+    import openvino.opset13 as ops
+
+    x = ops.parameter([1, 4, 4, 3], np.float32)
+    openvino.save_model(openvino.Model([ops.relu(x)], [x]), str(path))
+
+
 @pytest.mark.parametrize(
     "name, write, message",
     [
@@ -209,6 +265,10 @@ def _foreign_onnx(path):
                                       p.with_name(p.name + ".json").write_text(
                                           '{"inference": {}, "size_multiple": 4}')),
          "not a readable LiteRT model"),
+        ("alone.xml", lambda p: p.write_text("<net/>"), "alone.bin beside it"),
+        ("corrupt.xml", lambda p: (p.write_text("<net><layers>"), p.with_suffix(".bin").write_bytes(b"0")),
+         "not a readable OpenVINO model"),
+        ("foreign.xml", lambda p: _foreign_openvino(p), "without segment metadata"),
     ],
 )
 def test_a_bad_exported_file_is_refused_with_one_line(tmp_path, name, write, message, capsys):
