@@ -1,6 +1,7 @@
 """Train the segmenter. With no arguments: synthetic shapes, about 8 minutes on 2 cores."""
 
 import argparse
+import json
 import os
 import sys
 
@@ -111,6 +112,11 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+# Validation IoU below which a run is taken to have collapsed to an empty mask, which momentum
+# SGD with too high a rate can do in its first steps (README, "What it took").
+COLLAPSED_IOU = 0.01
+
+
 def main(argv=None):
     args = parse_args(argv)
     options = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite")}
@@ -139,6 +145,11 @@ def main(argv=None):
     if results["stopped_early"]:
         print("warning: training stopped early (NaN loss); model.keras is the last good epoch",
               file=sys.stderr)
+    if results["iou"] < COLLAPSED_IOU:
+        rate = json.loads((folder / "config.json").read_text())["lr"]
+        print(f"warning: the model finds almost no foreground on validation (IoU "
+              f"{results['iou']:.3f}): training collapsed to an empty mask; train again with "
+              f"a lower --lr than this run's {rate:g}", file=sys.stderr)
     return 0
 
 

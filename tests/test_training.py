@@ -43,6 +43,21 @@ def test_train_writes_a_complete_run_folder(train_script, tmp_path, capsys):
     assert not (out / "backup").exists()  # removed once training completes
 
 
+def test_train_warns_when_the_run_collapsed_to_an_empty_mask(train_script, tmp_path, monkeypatch, capsys):
+    # A run whose validation masks come out empty (IoU 0: momentum SGD at too high a rate)
+    # says so and names the rate to lower; a working run does not.
+    (tmp_path / "config.json").write_text(json.dumps({"lr": 0.5}))
+    results = {"iou": 0.0, "dice": 0.0, "spurious": 0.0, "b0_error": 1.0, "train_seconds": 1.0,
+               "min_part": 0.0, "stopped_early": False}
+    monkeypatch.setattr(train_script, "train", lambda config, **kwargs: (tmp_path, dict(results)))
+    assert train_script.main(["--epochs", "1"]) == 0
+    error = capsys.readouterr().err
+    assert "collapsed to an empty mask" in error and "lower --lr than this run's 0.5" in error
+    results["iou"] = 0.4
+    assert train_script.main(["--epochs", "1"]) == 0
+    assert "collapsed" not in capsys.readouterr().err
+
+
 def test_train_on_an_image_mask_folder_reports_what_prediction_delivers(train_script, tmp_path):
     # Images of several sizes and shapes, none of them the working size.
     for index, size in enumerate([(40, 56), (48, 36), (60, 60), (36, 52), (44, 44), (52, 40)]):
