@@ -112,8 +112,8 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-# Validation IoU below which a run is taken to have collapsed to an empty mask, which momentum
-# SGD with too high a rate can do in its first steps (README, "What it took").
+# Validation IoU below which a run is taken to have collapsed, to an empty mask as a rule, which
+# momentum SGD with too high a rate can do in its first steps (README, "What it took").
 COLLAPSED_IOU = 0.01
 
 
@@ -147,9 +147,9 @@ def main(argv=None):
               file=sys.stderr)
     if results["iou"] < COLLAPSED_IOU:
         rate = json.loads((folder / "config.json").read_text())["lr"]
-        print(f"warning: the model finds almost no foreground on validation (IoU "
-              f"{results['iou']:.3f}): training collapsed to an empty mask; train again with "
-              f"a lower --lr than this run's {rate:g}", file=sys.stderr)
+        print(f"warning: validation IoU {results['iou']:.3f}: training collapsed (to an empty "
+              f"or all-foreground mask); train again with a lower --lr than this run's "
+              f"{rate:g}", file=sys.stderr)
     return 0
 
 

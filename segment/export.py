@@ -154,7 +154,8 @@ def export_model(model, out, format, *, overwrite=False):
     """Write `model` (a loaded segmenter) to `out` in `format`, atomically.
 
     Everything is written under a temporary name in `out`'s folder and moved into place at the
-    end, so an interrupted export never leaves a half-written file under the final name.
+    end, so an interrupted export never leaves a half-written file under the final name (an
+    OpenVINO model's `.bin` is moved before its `.xml`, after any old `.xml` is removed).
 
     Args:
         model: a `keras.Model` (`segment.inference.load_segmenter`).
@@ -173,7 +174,8 @@ def export_model(model, out, format, *, overwrite=False):
         raise ValueError(f"unknown format {format!r}; choose from {', '.join(FORMATS)}")
     out = Path(out)
     suffix = FORMATS[format]
-    if suffix and out.suffix.lower() != suffix:
+    # OpenVINO finds the weights of `NAME.xml` in `NAME.bin`, in lower case.
+    if suffix and out.suffix.lower() != suffix or format == "openvino" and out.suffix != suffix:
         raise ValueError(f"{out}: a {format} file must end in {suffix}")
     companion = {"litert": _sidecar(out), "openvino": out.with_suffix(".bin")}.get(format)
     targets = [out, companion] if companion else [out]
@@ -183,6 +185,8 @@ def export_model(model, out, format, *, overwrite=False):
     if out.is_dir() and not (format == "saved_model" and (out / _SIDECAR).is_file()):
         # --overwrite replaces an exported SavedModel, never some other folder.
         raise DataError(f"{out}: is a folder that export did not write; choose another --out")
+    if companion and companion.is_dir():
+        raise DataError(f"{companion}: is a folder; choose another --out")
     _require(format)
     friendly = export_friendly(model)
     info = json.dumps(metadata(model), indent=2)
@@ -203,7 +207,10 @@ def export_model(model, out, format, *, overwrite=False):
         if format == "litert":
             os.replace(Path(scratch) / "sidecar.json", _sidecar(out))
         if format == "openvino":
-            os.replace(staged.with_suffix(".bin"), out.with_suffix(".bin"))
+            # Two files cannot be swapped at once: the old model goes first, so that in
+            # between there is no model rather than a new weights file under an old graph.
+            out.unlink(missing_ok=True)
+            os.replace(staged.with_suffix(".bin"), companion)
         if out.is_dir():
             shutil.rmtree(out)
         os.replace(staged, out)
@@ -320,14 +327,17 @@ def load_exported(path, *, precision=None):
     Args:
         path: the exported file.
         precision: OpenVINO only: `"float32"` computes in float32; None (the default) lets
-            OpenVINO choose, which is bfloat16 on a CPU that computes it natively (AVX512-BF16
-            or AMX), as Keras's mixed precision is, and float32 elsewhere. onnxruntime and
-            LiteRT compute in float32.
+            OpenVINO choose: bfloat16 on a CPU that computes it natively (AVX512-BF16 or
+            AMX), as Keras's mixed precision does, float32 on other x86 CPUs (the loaded
+            model's `precision` says which). onnxruntime and LiteRT compute in float32.
 
     Raises:
         DataError: the file is missing, corrupt, not one `export_model` wrote (no metadata),
             or its runtime is not installed; the one-line message names the file.
+        ValueError: `precision` is neither None nor "float32".
     """
+    if precision not in (None, "float32"):
+        raise ValueError(f"precision: None or 'float32', got {precision!r}")
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such model file")
@@ -339,6 +349,14 @@ def load_exported(path, *, precision=None):
     if suffix == ".xml":
         return _load_openvino(path, precision=precision)
     raise DataError(f"{path}: not an exported model (.onnx, .tflite or .xml)")
+
+
+def _reason(error):
+    """The first telling line of a runtime's error, for a one-line message (OpenVINO's first
+    lines name only its own source file and check)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    telling = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
+    return ((telling or lines or [type(error).__name__])[0])[:200]
 
 
 def _parse_info(path, text):
@@ -362,8 +380,7 @@ def _load_onnx(path):
             str(path), options, providers=["CPUExecutionProvider"]
         )
     except Exception as error:  # onnxruntime raises its own exception types
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise DataError(f"{path}: not a readable ONNX model ({first})") from None
+        raise DataError(f"{path}: not a readable ONNX model ({_reason(error)})") from None
     stored = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
     if stored is None:
         raise DataError(f"{path}: an ONNX model without segment metadata (export it with scripts/export.py)")
@@ -392,8 +409,7 @@ def _load_litert(path):
     try:
         interpreter = Interpreter(model_path=str(path), num_threads=os.cpu_count())
     except Exception as error:  # LiteRT raises ValueError/RuntimeError for foreign bytes
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise DataError(f"{path}: not a readable LiteRT model ({first})") from None
+        raise DataError(f"{path}: not a readable LiteRT model ({_reason(error)})") from None
     source = interpreter.get_input_details()[0]["index"]
     shape = [None]
 
@@ -426,10 +442,9 @@ def _load_openvino(path, *, precision=None):
         raise DataError(f"{path}: no {weights.name} beside it (export writes both)")
     core = openvino.Core()
     try:
-        network = core.read_model(str(path))
+        network = core.read_model(str(path), str(weights))
     except Exception as error:  # OpenVINO raises its own exception types
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise DataError(f"{path}: not a readable OpenVINO model ({first})") from None
+        raise DataError(f"{path}: not a readable OpenVINO model ({_reason(error)})") from None
     if not network.has_rt_info([METADATA_KEY]):
         raise DataError(
             f"{path}: an OpenVINO model without segment metadata (export it with scripts/export.py)"
@@ -438,9 +453,8 @@ def _load_openvino(path, *, precision=None):
     config = {"PERFORMANCE_HINT": "LATENCY"}
     if precision == "float32":
         config["INFERENCE_PRECISION_HINT"] = "f32"
-    elif precision is not None:
-        raise ValueError(f"precision: None or 'float32', got {precision!r}")
-    native = precision is None and core.get_property("CPU", "INFERENCE_PRECISION_HINT") == openvino.Type.bf16
+    chosen = core.get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+    chosen = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}.get(chosen, chosen)
     requests = {}  # input shape -> infer request, the most recently used last
     lock = threading.Lock()  # one request per shape, and the cache, shared by every caller
 
@@ -454,7 +468,8 @@ def _load_openvino(path, *, precision=None):
                 if len(requests) >= _OPENVINO_SHAPES_KEPT:
                     requests.pop(next(iter(requests)))
             requests[batch.shape] = request
-            # The request's output buffer is reused by its next call: copy it out.
-            return np.array(request.infer({0: batch})[0], dtype=np.float32)
+            # Shared: no copy in; the request's own output buffer, copied once, out.
+            result = request.infer({0: batch}, share_inputs=True, share_outputs=True)
+            return np.array(result[0], dtype=np.float32)
 
-    return ExportedSegmenter(path, info, run, "openvino", "bfloat16" if native else "float32")
+    return ExportedSegmenter(path, info, run, "openvino", precision or chosen)
