@@ -33,8 +33,9 @@ EXAMPLES = f"""examples:
 how long:
   Synthetic shapes train for {SYNTHETIC_EPOCHS} epochs by default, --data for {DATA_MINUTES:g} minutes of
   wall-clock: training measures this machine's speed first and fixes the epochs that fit
-  (written to config.json), so the learning-rate schedule spans the whole run. --epochs N
-  gives an exactly repeatable run instead. The rate halves {HALVINGS} times, evenly spread over
+  (written to config.json), so the learning-rate schedule spans the whole run; if the
+  machine slows down after that, training stops at the deadline. --epochs N gives an
+  exactly repeatable run instead. The rate halves {HALVINGS} times, evenly spread over
   the run, unless --halve-every is given.
 
 --data and the working size:
@@ -145,6 +146,10 @@ def main(argv=None):
     if results["stopped_early"]:
         print("warning: training stopped early (NaN loss); model.keras is the last good epoch",
               file=sys.stderr)
+    if results.get("stopped_at_deadline"):
+        print(f"note: this machine slowed down after the budget was planned: training stopped "
+              f"at its deadline after {results['stopped_at_deadline']} epochs "
+              f"(config.json planned {json.loads((folder / 'config.json').read_text())['epochs']})")
     if results["iou"] < COLLAPSED_IOU:
         rate = json.loads((folder / "config.json").read_text())["lr"]
         print(f"warning: validation IoU {results['iou']:.3f}: training collapsed (to an empty "

@@ -57,6 +57,10 @@ STEPS_PER_EPOCH = 100  # batches per epoch when --steps-per-epoch is not given, 
 # validation pass and the checkpoints after each take at most this share of the run: at 100
 # steps they took a quarter of a 10-minute Kvasir-SEG run (4 s of validation per 13 s epoch).
 VALIDATION_SHARE = 0.1
+# A budgeted run whose epochs slow down after its last re-plan (a shared machine) stops once
+# its next epoch, then the final scoring, would end more than this share of an epoch past the
+# budget: the budget is kept to within half an epoch, and a run on pace is never cut.
+DEADLINE_SLACK = 0.5
 # StepHalvingSGD's initial rate when --lr is not given. MSE-based losses have small gradients,
 # so the rates are high. Synthetic shapes: 4 epochs of a sweep gave 0.05 -> IoU 0.83, 0.15 ->
 # 0.89, 0.4 -> 0.93, 1.0 diverged. --data: on Kvasir-SEG (the same 10-minute run, seed 0),
@@ -462,6 +466,34 @@ class _Pace(_StepTimes):
         self.model.stop_training = True
 
 
+class _Deadline(keras.callbacks.Callback):
+    """Stops a budgeted run at its deadline if its epochs have slowed since it was planned.
+
+    After each epoch (from the third of this `fit`: the first includes tracing), the next is
+    taken to last as long as the median of the last three, and training stops when that
+    epoch and then `final_seconds` (the final scoring) would end more than `DEADLINE_SLACK`
+    of it past `deadline`. `stopped_after` is then the number of epochs run, else None.
+    """
+
+    def __init__(self, deadline, final_seconds, clock=time.perf_counter):
+        super().__init__()
+        self.deadline, self.final_seconds, self.clock = deadline, final_seconds, clock
+        self.stopped_after = None
+
+    def on_train_begin(self, logs=None):
+        self.ends = [self.clock()]
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.ends.append(self.clock())
+        if len(self.ends) < 4 or epoch + 1 >= self.params["epochs"]:
+            return
+        epoch_seconds = float(np.median(np.diff(self.ends[-4:])))
+        late = self.ends[-1] + epoch_seconds + self.final_seconds - self.deadline
+        if late > DEADLINE_SLACK * epoch_seconds:
+            self.model.stop_training = True
+            self.stopped_after = epoch + 1
+
+
 def _fit_budget(config, pairs, strategy, deadline):
     """`(epochs, steps_per_epoch, validation_seconds)`: the epochs that fit before `deadline`
     (a `time.perf_counter()` value) and their length, measured on a throwaway model: 30
@@ -554,7 +586,7 @@ def _replan(model, config, pace, *, done, deadline, trace_seconds, save_seconds,
     about what the first epoch's checkpoints took (`save_seconds`); changed halvings trace the
     training graph again (`trace_seconds`).
     """
-    final = first_validation + (_final_passes(model) - 1) * warm_validation + save_seconds
+    final = _final_seconds(model, first_validation, warm_validation, save_seconds)
     if done == 1:
         after_epoch = max(0.0, pace.after_seconds - first_validation) + warm_validation
         epoch_seconds = config.steps_per_epoch * pace.step_seconds + after_epoch
@@ -574,6 +606,12 @@ def _replan(model, config, pace, *, done, deadline, trace_seconds, save_seconds,
     optimizer.halve_every = _halve_every_steps(config)
     model.make_train_function(force=True)  # the halving step is traced into the graph
     return True
+
+
+def _final_seconds(model, first_validation, warm_validation, save_seconds):
+    """What follows a budgeted run's last epoch: scoring the best model in full, a first
+    validation pass and a warm one per further scale, and saving it with its smallest part."""
+    return first_validation + (_final_passes(model) - 1) * warm_validation + save_seconds
 
 
 def _history_best(path, initial_epoch):
@@ -716,6 +754,7 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy(_mixed_precision_policy())
     replan = False  # a budget planned here is planned again after its first epoch
+    deadline_guard = None
     try:
         try:
             if config.epochs is None:
@@ -779,14 +818,15 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
             # A budget is planned again after the first epoch (250-odd steps time this
             # machine far better than the throwaway's 20 did), then once more on warm epochs.
             stop_after = 0 if replan and config.epochs > 1 else None
+            guard = []  # the deadline's guard, once the budget's first epoch is timed
             while stop_after is not None:
                 pace = _Pace(stop_after)
                 backup.delete_checkpoint = False  # the next fit continues from it
                 fit(train_data, epochs=config.epochs, initial_epoch=first_epoch,
-                    callbacks=all_callbacks + [pace])
+                    callbacks=all_callbacks + guard + [pace])
                 backup.delete_checkpoint = True
                 model.stop_training = pace.stopped_by_another
-                if model.stop_training:  # a NaN loss: no further fit to remove the backup
+                if model.stop_training:  # a NaN loss, the deadline: no further fit to remove the backup
                     backup.on_train_end()
                     break
                 done = stop_after + 1
@@ -794,6 +834,9 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
                 if done == 1:  # the first epoch's trace and checkpoints
                     trace_seconds = pace.trace_seconds
                     save_seconds = max(0.0, pace.after_seconds - first_validation)
+                    deadline_guard = _Deadline(deadline, _final_seconds(
+                        model, first_validation, warm_validation, save_seconds))
+                    guard = [deadline_guard]
                 if _replan(model, config, pace, done=done, deadline=deadline,
                            trace_seconds=trace_seconds, save_seconds=save_seconds,
                            first_validation=first_validation, warm_validation=warm_validation):
@@ -805,7 +848,8 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
                                               * config.batch_size)
                 stop_after = _next_replan(config, done) if done == 1 else None
             if not model.stop_training:
-                fit(train_data, epochs=config.epochs, initial_epoch=first_epoch)
+                fit(train_data, epochs=config.epochs, initial_epoch=first_epoch,
+                    callbacks=all_callbacks + guard)
         except _LOST_PEER as error:
             if not across_workers:
                 raise
@@ -820,15 +864,19 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
     if not chief:
         return None, None
 
-    stopped_early = bool(model.stop_training)  # TerminateOnNaN, or a caller's callback
+    stopped_at_deadline = deadline_guard.stopped_after if deadline_guard else None
+    # TerminateOnNaN, or a caller's callback
+    stopped_early = bool(model.stop_training) and stopped_at_deadline is None
     if not (folder / "model.keras").exists():
         raise RuntimeError("training stopped early (NaN loss?) before any epoch produced a model")
     results = _validation_metrics(folder / "model.keras", validation)
-    trained_images = (config.epochs - initial_epoch) * config.steps_per_epoch * config.batch_size
+    epochs_run = stopped_at_deadline or config.epochs
+    trained_images = (epochs_run - initial_epoch) * config.steps_per_epoch * config.batch_size
     results.update(
         {
             "validation_images": len(validation),
             "stopped_early": stopped_early,
+            "stopped_at_deadline": stopped_at_deadline,
             "train_seconds": round(seconds, 1),
             "train_images_per_second": round(trained_images / seconds, 1),
             "total_seconds": round(time.perf_counter() - started, 1),

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import time
 
 import cv2
 import keras
@@ -165,7 +166,10 @@ def _tiny_config(folder, **settings):
                        depth=2, **settings)
 
 
-def test_a_time_budget_fixes_epochs_that_repeat_exactly(tmp_path):
+def test_a_time_budget_fixes_epochs_that_repeat_exactly(tmp_path, monkeypatch):
+    # Equal to --epochs N unless the machine slows down past the plan: this test's epochs are
+    # too short for their pace to mean anything, so the deadline's guard is off.
+    monkeypatch.setattr(training, "DEADLINE_SLACK", float("inf"))
     budgeted = _FinalWeights()
     folder, results = train(_tiny_config(tmp_path / "budget", steps_per_epoch=2, minutes=0.25),
                             callbacks=[budgeted], verbose=0)
@@ -183,6 +187,7 @@ def test_a_budget_planned_too_short_is_planned_again_after_the_first_epoch(tmp_p
     # more do. The run takes them, and still repeats `epochs=N` exactly.
     # It is planned once more after the last epoch before the first halving, timed warm.
     monkeypatch.setattr(training, "_fit_budget", lambda *args: (6, 2, 0.05))
+    monkeypatch.setattr(training, "DEADLINE_SLACK", float("inf"))  # as above
     plans = []
     replan = training._replan
 
@@ -222,6 +227,55 @@ def test_a_budgeted_run_stopped_in_its_first_epoch_stops_there(tmp_path, monkeyp
     with (folder / "history.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 1
     assert not (folder / "backup").exists()
+
+
+def test_the_deadline_stops_a_run_whose_epochs_slowed_down():
+    clock = [0.0]
+    guard = training._Deadline(deadline=100.0, final_seconds=5.0, clock=lambda: clock[0])
+    model = keras.Sequential()
+    model.stop_training = False  # as fit sets it
+    guard.set_model(model)
+    guard.set_params({"epochs": 12})
+    guard.on_train_begin()
+    # Epochs of 10 s: after the 8th (80 s) the 9th would end at 90 and the scoring at 95.
+    for epoch, end in enumerate((10, 20, 30, 40, 50, 60, 70, 80)):
+        clock[0] = end
+        guard.on_epoch_end(epoch)
+        assert not model.stop_training, epoch
+    # The 9th took 20 s (ends at 100): the next, at the median 10 s, and the scoring would
+    # end at 115, 15 s past the deadline, more than half an epoch: stop after 9.
+    clock[0] = 100
+    guard.on_epoch_end(8)
+    assert model.stop_training and guard.stopped_after == 9
+    # On pace, a plan that ends within half an epoch of the deadline is never cut: 10
+    # epochs of 10 s and 3 s of scoring end 3 s past it.
+    model.stop_training = False
+    on_pace = training._Deadline(deadline=100.0, final_seconds=3.0, clock=lambda: clock[0])
+    on_pace.set_model(model)
+    on_pace.set_params({"epochs": 10})
+    clock[0] = 0.0
+    on_pace.on_train_begin()
+    for epoch in range(9):
+        clock[0] = 10.0 * (epoch + 1)
+        on_pace.on_epoch_end(epoch)
+    assert not model.stop_training and on_pace.stopped_after is None
+
+
+def test_a_budgeted_run_planned_too_long_stops_at_its_deadline(tmp_path, monkeypatch):
+    # A plan of 2000 epochs for 15 seconds that is never planned again: the deadline's guard
+    # stops it, history and checkpoint are consistent, and the run is not "stopped early".
+    monkeypatch.setattr(training, "_fit_budget", lambda *args: (2000, 2, 0.05))
+    monkeypatch.setattr(training, "_replan", lambda *args, **kwargs: False)
+    started = time.perf_counter()
+    folder, results = train(_tiny_config(tmp_path / "run", minutes=0.25), verbose=0)
+    assert time.perf_counter() - started < 60  # 2000 epochs would take several minutes
+    epochs_run = results["stopped_at_deadline"]
+    assert epochs_run is not None and 3 <= epochs_run < 2000
+    assert results["stopped_early"] is False
+    with (folder / "history.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == epochs_run
+    assert not (folder / "backup").exists()
+    assert (folder / "model.keras").exists()
 
 
 def test_replanning_keeps_the_first_epoch_before_the_first_halving():
