@@ -1,7 +1,6 @@
 """Train the segmenter. With no arguments: synthetic shapes, about 8 minutes on 2 cores."""
 
 import argparse
-import json
 import os
 import sys
 
@@ -146,15 +145,15 @@ def main(argv=None):
     if results["stopped_early"]:
         print("warning: training stopped early (NaN loss); model.keras is the last good epoch",
               file=sys.stderr)
+    recorded = TrainConfig.from_json(folder / "config.json")  # its settings, as resolved
     if results.get("stopped_at_deadline"):
         print(f"note: this machine slowed down after the budget was planned: training stopped "
               f"at its deadline after {results['stopped_at_deadline']} epochs "
-              f"(config.json planned {json.loads((folder / 'config.json').read_text())['epochs']})")
+              f"(config.json planned {recorded.epochs})")
     if results["iou"] < COLLAPSED_IOU:
-        rate = json.loads((folder / "config.json").read_text())["lr"]
         print(f"warning: validation IoU {results['iou']:.3f}: training collapsed (to an empty "
               f"or all-foreground mask); train again with a lower --lr than this run's "
-              f"{rate:g}", file=sys.stderr)
+              f"{recorded.lr:g}", file=sys.stderr)
     return 0
 
 

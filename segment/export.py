@@ -205,7 +205,7 @@ def export_model(model, out, format, *, overwrite=False):
             (staged / _SIDECAR).write_text(info + "\n")
         # The companion file first: the main file's name appears last, once everything is in.
         if format == "litert":
-            os.replace(Path(scratch) / "sidecar.json", _sidecar(out))
+            os.replace(Path(scratch) / "sidecar.json", companion)
         if format == "openvino":
             # Two files cannot be swapped at once: the old model goes first, so that in
             # between there is no model rather than a new weights file under an old graph.

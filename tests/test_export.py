@@ -305,7 +305,7 @@ def _foreign_openvino(path):
         ("alone.xml", lambda p: p.write_text("<net/>"), "alone.bin beside it"),
         ("corrupt.xml", lambda p: (p.write_text("<net><layers>"), p.with_suffix(".bin").write_bytes(b"0")),
          "not a readable OpenVINO model"),
-        ("foreign.xml", lambda p: _foreign_openvino(p), "without segment metadata"),
+        ("foreign.xml", _foreign_openvino, "without segment metadata"),
     ],
 )
 def test_a_bad_exported_file_is_refused_with_one_line(tmp_path, name, write, message, capsys):
