@@ -14,6 +14,7 @@ into `train/`, `val/`, `test/`. Every problem with the files raises `DataError` 
 
 import dataclasses
 import functools
+import os
 from pathlib import Path
 
 import cv2
@@ -726,6 +727,12 @@ def _stack(samples):
     return np.stack(images), np.stack(masks)
 
 
+# Batches made at once by a stream: one per core this process may use.
+_PARALLEL_BATCHES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+    os.cpu_count() or 1
+)
+
+
 def _batched_dataset(make_batch, indices, *, shape, batch_size, drop_remainder):
     """Map batches of sample indices to `(images, masks)` batches with a numpy function.
 
@@ -741,10 +748,15 @@ def _batched_dataset(make_batch, indices, *, shape, batch_size, drop_remainder):
         masks.set_shape((batch, *shape, 1))
         return images, masks
 
+    # Fixed parallelism rather than tf.data's autotuner: the autotuner's thread can take up to a
+    # minute to notice that its iterator is gone, and every `fit` waited for it on returning.
+    options = tf.data.Options()
+    options.autotune.enabled = False
     return (
         indices.batch(batch_size, drop_remainder=drop_remainder)
-        .map(generate, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .prefetch(tf.data.AUTOTUNE)
+        .map(generate, num_parallel_calls=_PARALLEL_BATCHES, deterministic=True)
+        .prefetch(_PARALLEL_BATCHES)
+        .with_options(options)
     )
 
 

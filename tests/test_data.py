@@ -372,6 +372,18 @@ def test_folder_dataset_is_seeded(tmp_path):
     assert not np.array_equal(first_batch(5)[0], first_batch(6)[0])
 
 
+@pytest.mark.parametrize("source", ["synthetic", "folder"])
+def test_streams_run_without_the_autotuner(tmp_path, source):
+    # tf.data's autotuner thread can keep a finished iterator alive for up to a minute, and
+    # `fit` waits for it on returning: the training streams use fixed parallelism instead.
+    if source == "synthetic":
+        stream = data.synthetic_dataset(size=16, batch_size=2)
+    else:
+        stream = data.folder_dataset(_mask_like_images(tmp_path), size=16, batch_size=2)
+    assert stream.options().autotune.enabled is False
+    assert next(iter(stream))[0].shape == (2, 16, 16, 3)
+
+
 def _batches(dataset, count):
     return [batch for batch, _ in zip(dataset.as_numpy_iterator(), range(count))]
 
