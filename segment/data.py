@@ -44,6 +44,7 @@ __all__ = [
     "SPLIT_NAMES",
     "add_gaussian_noise",
     "add_salt_and_pepper",
+    "batched_dataset",
     "scale_contrast",
     "GeneratorConfig",
     "dataset_splits",
@@ -733,10 +734,21 @@ _PARALLEL_BATCHES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffini
 )
 
 
-def _batched_dataset(make_batch, indices, *, shape, batch_size, drop_remainder):
+def batched_dataset(make_batch, indices, *, shape, batch_size, drop_remainder):
     """Map batches of sample indices to `(images, masks)` batches with a numpy function.
 
-    Each batch depends only on its indices, so parallel generation stays reproducible.
+    Each batch depends only on its indices, so parallel generation stays reproducible. A batch
+    per core is made at once, without `tf.data`'s autotuner (see below).
+
+    Args:
+        make_batch: `positions -> (images, masks)`, float32 `(n, H, W, 3)` and `(n, H, W, 1)`.
+        indices: an int64 `tf.data.Dataset` of sample positions.
+        shape: `(H, W)`.
+        batch_size: positions per batch.
+        drop_remainder: drop a last, smaller batch (its size is then static).
+
+    Returns:
+        A `tf.data.Dataset` of `(images, masks)` batches.
     """
     batch = batch_size if drop_remainder else None
 
@@ -821,7 +833,7 @@ def synthetic_dataset(
         return _stack([make_sample(sample_rng(seed, int(i)), shape, config) for i in indices])
 
     positions, rows = stream_positions(start, batch_size=batch_size, shard=shard)
-    return _batched_dataset(make_batch, positions, shape=shape, batch_size=rows, drop_remainder=True)
+    return batched_dataset(make_batch, positions, shape=shape, batch_size=rows, drop_remainder=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1133,7 +1145,7 @@ def folder_dataset(
         positions, rows = stream_positions(start, batch_size=batch_size, shard=shard)
     else:
         positions, rows = tf.data.Dataset.range(count), batch_size
-    return _batched_dataset(
+    return batched_dataset(
         make_batch, positions, shape=(side, side), batch_size=rows, drop_remainder=repeat
     )
 
