@@ -728,9 +728,10 @@ def _stack(samples):
     return np.stack(images), np.stack(masks)
 
 
-# Batches made at once by a stream: one per core this process may use.
-_PARALLEL_BATCHES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-    os.cpu_count() or 1
+# Batches a stream makes at once: one per core this process may use, at most 8 (the numpy work
+# holds the GIL for much of a batch, and every batch in flight is memory).
+_PARALLEL_BATCHES = min(
+    8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 )
 
 
@@ -738,7 +739,9 @@ def batched_dataset(make_batch, indices, *, shape, batch_size, drop_remainder):
     """Map batches of sample indices to `(images, masks)` batches with a numpy function.
 
     Each batch depends only on its indices, so parallel generation stays reproducible. A batch
-    per core is made at once, without `tf.data`'s autotuner (see below).
+    per core (at most 8) is made at once and two wait ready, with `tf.data`'s autotuner off:
+    its thread sleeps up to a minute between rounds, and freeing the iterator waits for it,
+    which held Keras's `fit` on returning (by 16-45 s in our runs).
 
     Args:
         make_batch: `positions -> (images, masks)`, float32 `(n, H, W, 3)` and `(n, H, W, 1)`.
@@ -760,14 +763,12 @@ def batched_dataset(make_batch, indices, *, shape, batch_size, drop_remainder):
         masks.set_shape((batch, *shape, 1))
         return images, masks
 
-    # Fixed parallelism rather than tf.data's autotuner: the autotuner's thread can take up to a
-    # minute to notice that its iterator is gone, and every `fit` waited for it on returning.
     options = tf.data.Options()
     options.autotune.enabled = False
     return (
         indices.batch(batch_size, drop_remainder=drop_remainder)
         .map(generate, num_parallel_calls=_PARALLEL_BATCHES, deterministic=True)
-        .prefetch(_PARALLEL_BATCHES)
+        .prefetch(2)
         .with_options(options)
     )
 

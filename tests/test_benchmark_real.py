@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import load_script
 
-from segment import data
+from segment import data, stock
 from segment.stock import PLAIN_SIZE, build_plain_unet, plain_segmenter, train_plain_unet
 
 
@@ -72,7 +72,14 @@ def test_quick_benchmark_trains_scores_and_resumes(dataset, tmp_path, capsys):
     assert "other settings" in capsys.readouterr().err
 
 
-def test_plain_unet_stops_at_its_deadline_and_predicts_at_native_size(dataset):
+def test_plain_unet_stops_at_its_deadline_and_predicts_at_native_size(dataset, monkeypatch):
+    streams = []
+
+    def recorded(*args, **kwargs):
+        streams.append(data.batched_dataset(*args, **kwargs))
+        return streams[-1]
+
+    monkeypatch.setattr(stock, "batched_dataset", recorded)
     pairs = data.find_pairs(dataset / "train")
     started = time.perf_counter()
     model, info = train_plain_unet(pairs, minutes=0.01, batch_size=2)
@@ -82,6 +89,9 @@ def test_plain_unet_stops_at_its_deadline_and_predicts_at_native_size(dataset):
     image, _ = data.read_pair(*pairs[0])
     mask = plain_segmenter(model)(image)
     assert mask.shape == image.shape[:2] and mask.dtype == bool
+    # It trains from our recipe's stream, so its `fit` too returns without waiting on the
+    # autotuner.
+    assert len(streams) == 1 and streams[0].options().autotune.enabled is False
 
 
 def test_plain_unet_is_stock_keras():
