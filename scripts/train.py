@@ -16,8 +16,8 @@ from segment.training import (  # noqa: E402
     HALVINGS,
     MAX_WORKING_SIZE,
     STEPS_PER_EPOCH,
-    SYNTHETIC_EPOCHS,
     SYNTHETIC_LR,
+    SYNTHETIC_MINUTES,
     SYNTHETIC_SIZE,
 )
 from segment.training import train  # noqa: E402
@@ -30,11 +30,12 @@ EXAMPLES = f"""examples:
   python scripts/train.py --resume runs/mine             # continue a killed run
 
 how long:
-  Synthetic shapes train for {SYNTHETIC_EPOCHS} epochs by default, --data for {DATA_MINUTES:g} minutes of
-  wall-clock: training measures this machine's speed first and fixes the epochs that fit
-  (written to config.json), so the learning-rate schedule spans the whole run; if the
+  Training runs for a wall-clock budget: {SYNTHETIC_MINUTES:g} minutes on synthetic shapes,
+  {DATA_MINUTES:g} with --data (--minutes M for another). It measures this machine's speed
+  first and fixes the epochs that fit (written to config.json), so the learning-rate schedule
+  spans the whole run and a slower machine trains fewer epochs in the same time; if the
   machine slows down after that, training stops at the deadline. --epochs N gives an
-  exactly repeatable run instead. The rate halves {HALVINGS} times, evenly spread over
+  exactly repeatable run instead (the same seed, the same weights on any CPU run). The rate halves {HALVINGS} times, evenly spread over
   the run, unless --halve-every is given.
 
 --data and the working size:
@@ -64,11 +65,11 @@ def parse_args(argv):
     add("--out", default=None, help="run folder (default: runs/<timestamp>)")
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=int, default=None,
-                        help=f"training epochs (default: {SYNTHETIC_EPOCHS} on synthetic shapes; "
-                        "with --data, what fits in --minutes)")
+                        help="training epochs, exactly repeatable (default: what fits in "
+                        "--minutes)")
     length.add_argument("--minutes", type=float, default=None,
                         help="wall-clock budget; training fits its epochs to it (default: "
-                        f"{DATA_MINUTES:g} with --data)")
+                        f"{SYNTHETIC_MINUTES:g} on synthetic shapes, {DATA_MINUTES:g} with --data)")
     add("--steps-per-epoch", type=int, default=None,
         help=f"batches per epoch, each followed by validation (default: {STEPS_PER_EPOCH}; with "
         "--minutes, enough that validation takes at most a tenth of the time)")

@@ -16,8 +16,8 @@ class TrainConfig:
     data: str | None = None  # image/mask folder; None trains on synthetic shapes made on the fly
     out: str | None = None  # run folder; None means runs/<timestamp>
     # Length of the run: `epochs`, or a wall-clock budget in `minutes` from which training
-    # works out the epochs (recorded here once known). With neither: SYNTHETIC_EPOCHS on
-    # synthetic shapes, DATA_MINUTES minutes on --data (segment.training).
+    # works out the epochs (recorded here once known). With neither: SYNTHETIC_MINUTES on
+    # synthetic shapes, DATA_MINUTES on --data (segment.training).
     epochs: int | None = None
     minutes: float | None = None
     # Batches per epoch (validation and checkpoints follow each epoch). None: 100, or with a
