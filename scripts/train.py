@@ -35,8 +35,9 @@ how long:
   first and fixes the epochs that fit (written to config.json), so the learning-rate schedule
   spans the whole run and a slower machine trains fewer epochs in the same time; if the
   machine slows down after that, training stops at the deadline. --epochs N gives an
-  exactly repeatable run instead (the same seed, the same weights on any CPU run). The rate halves {HALVINGS} times, evenly spread over
-  the run, unless --halve-every is given.
+  exactly repeatable run instead (the same seed, the same weights when run again on one
+  CPU). The rate halves {HALVINGS} times, evenly spread over the run, unless --halve-every
+  is given.
 
 --data and the working size:
   Every image is scaled, keeping its aspect ratio, so that its longer side is the working
