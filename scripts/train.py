@@ -1,4 +1,4 @@
-"""Train the segmenter. With no arguments: synthetic shapes, about 8 minutes on 2 cores."""
+"""Train the segmenter. With no arguments: synthetic shapes, a 9-minute budget."""
 
 import argparse
 import os

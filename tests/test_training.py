@@ -370,6 +370,28 @@ def test_a_resumed_run_ends_with_the_same_weights(tmp_path):
     assert not (tmp_path / "killed").exists() and not (tmp_path / "moved" / "backup").exists()
 
 
+def test_a_resumed_budgeted_run_trains_the_epochs_it_planned(tmp_path, monkeypatch):
+    # config.json records the planned epochs beside the budget; a killed run resumes them.
+    monkeypatch.setattr(training, "_fit_budget", lambda *args: (3, 2, 0.05))
+    monkeypatch.setattr(training, "_replan", lambda *args, **kwargs: False)
+    monkeypatch.setattr(training, "DEADLINE_SLACK", float("inf"))
+    with pytest.raises(KeyboardInterrupt):
+        train(_tiny_config(tmp_path / "killed", minutes=0.25), callbacks=[_Interrupt(after=1)],
+              verbose=0)
+    recorded = TrainConfig.from_json(tmp_path / "killed" / "config.json")
+    assert (recorded.epochs, recorded.minutes) == (3, 0.25)
+    resumed = _FinalWeights()
+    train(None, resume=tmp_path / "killed", callbacks=[resumed], verbose=0)
+    with (tmp_path / "killed" / "history.csv").open() as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["0", "1", "2"]
+    assert not (tmp_path / "killed" / "backup").exists()
+    fixed = _FinalWeights()
+    train(_tiny_config(tmp_path / "fixed", epochs=3, steps_per_epoch=2), callbacks=[fixed],
+          verbose=0)
+    for a, b in zip(fixed.weights, resumed.weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
