@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 from keras.src import testing
 
+from segment import layers
 from segment.layers import InstanceNormalize, LayerScale, subtract_mean
 
 
@@ -15,8 +16,23 @@ def _feature_maps(seed=0, shape=(3, 7, 9, 4)):
     return (rng.normal(size=shape) * [0.5, 1.0, 2.0, 3.0] + [4.0, -1.0, 0.0, 2.5]).astype("float32")
 
 
+# InstanceNormalize takes one of two paths: a batch size known when the graph is built runs
+# a kernel per sample, an unknown one (or one above SPLIT_BATCH) is folded into the channels.
+# Each test runs the layer both ways: as given (known), and through a graph traced for any batch.
+_BATCH_PATHS = ["known batch", "unknown batch"]
+
+
+def _called(layer, x, path):
+    if path == "known batch":
+        return layer(x)
+    traced = tf.function(layer.call, input_signature=[tf.TensorSpec((None, *x.shape[1:]))])
+    assert traced.get_concrete_function().structured_input_signature[0][0].shape[0] is None
+    return traced(x)
+
+
+@pytest.mark.parametrize("path", _BATCH_PATHS)
 @pytest.mark.parametrize("affine", [False, True])
-def test_instance_normalize_equals_group_normalization(affine):
+def test_instance_normalize_equals_group_normalization(affine, path):
     x = _feature_maps()
     ours = InstanceNormalize(center=affine, scale=affine)
     stock = keras.layers.GroupNormalization(groups=-1, center=affine, scale=affine, epsilon=1e-3)
@@ -27,10 +43,11 @@ def test_instance_normalize_equals_group_normalization(affine):
         gamma, beta = rng.normal(size=4), rng.normal(size=4)
         ours.set_weights([gamma, beta])
         stock.set_weights([gamma, beta])
-    np.testing.assert_allclose(ours(x), stock(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_called(ours, x, path), stock(x), rtol=1e-5, atol=1e-5)
 
 
-def test_instance_normalize_gradients_equal_group_normalization():
+@pytest.mark.parametrize("path", _BATCH_PATHS)
+def test_instance_normalize_gradients_equal_group_normalization(path):
     x = tf.constant(_feature_maps(seed=2))
     ours, stock = InstanceNormalize(), keras.layers.GroupNormalization(groups=-1, epsilon=1e-3)
     upstream = tf.constant(np.random.default_rng(3).normal(size=x.shape).astype("float32"))
@@ -40,10 +57,17 @@ def test_instance_normalize_gradients_equal_group_normalization():
         layer.set_weights([np.linspace(0.5, 2.0, 4), np.linspace(-1.0, 1.0, 4)])
         with tf.GradientTape() as tape:
             tape.watch(x)
-            output = tf.reduce_sum(layer(x) * upstream)
+            output = tf.reduce_sum(_called(layer, x, path if layer is ours else "known batch") * upstream)
         gradients.append(tape.gradient(output, [x, *layer.trainable_variables]))
     for a, b in zip(*gradients):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_instance_normalize_folds_a_batch_larger_than_it_splits():
+    x = np.concatenate([_feature_maps(seed)[:, :4, :4] for seed in range(12)])  # 36 samples
+    assert len(x) > layers.SPLIT_BATCH
+    stock = keras.layers.GroupNormalization(groups=-1, epsilon=1e-3)
+    np.testing.assert_allclose(InstanceNormalize()(x), stock(x), rtol=1e-5, atol=1e-5)
 
 
 def test_instance_normalize_statistics_by_hand():
