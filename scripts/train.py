@@ -48,8 +48,8 @@ The run folder gets config.json, model.keras (best validation IoU), history.csv,
 metrics.json (validation images segmented as predict.py segments them, at their own size)
 and TensorBoard logs/ (tensorboard --logdir runs). Last, training chooses on the validation
 images the smallest foreground part to keep (none, or 0.25% to 2% of the image: the share
-that drops the most stray parts without lowering IoU); the model remembers it (--min-part
-in predict.py overrides it)."""
+that scores best as IoU less 0.005 per stray part per image); the model remembers it
+(--min-part in predict.py overrides it)."""
 
 
 def parse_args(argv):

@@ -108,7 +108,7 @@ def _saved_tiny_model(path):
     return model
 
 
-def test_training_keeps_the_part_size_that_drops_stray_parts_without_costing_iou(
+def test_training_keeps_the_part_size_worth_most_in_iou_and_stray_parts(
     tmp_path, monkeypatch
 ):
     # 100 x 100 images, so the shares 0.25%, 0.5%, 1% and 2% are 25, 50, 100 and 200 pixels.
@@ -139,6 +139,32 @@ def test_training_keeps_the_part_size_that_drops_stray_parts_without_costing_iou
     for a, b in zip(saved.get_weights(), trained.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert [file.name for file in tmp_path.iterdir()] == ["model.keras"]
+
+    # Dropping may cost a little IoU where it removes enough stray parts: each is worth
+    # STRAY_PART_PRICE IoU. Image a: a 4000-pixel object and stray parts of 4 pixels; image b:
+    # a 1600-pixel object and a true part of 20 pixels, which 0.25% (25 pixels) drops too.
+    big = np.zeros((100, 100), bool)
+    big[10:60, 10:90] = True  # 4000 pixels
+    small_true = square.copy()
+    small_true[90:94, 90:95] = True  # 20 pixels
+    samples = [("a", images[0], big), ("b", images[1], small_true)]
+    predicted[1.0] = small_true
+    for strays, kept in ((3, 0.0025), (1, 0.0)):
+        predicted[0.0] = big.copy()
+        for index in range(strays):
+            predicted[0.0][70:72, 10 + 10 * index : 12 + 10 * index] = True
+        kept_iou = (4000 / (4000 + 4 * strays) + 1) / 2
+        dropped_iou = (1 + 1600 / 1620) / 2
+        # 3 strays: 0.9985 - 0.005 * 1.5 < 0.9938; 1 stray: 0.9995 - 0.005 * 0.5 > 0.9938.
+        assert (kept_iou - training.STRAY_PART_PRICE * strays / 2 < dropped_iou) == (strays == 3)
+        path = tmp_path / f"strays{strays}.keras"
+        _saved_tiny_model(path)
+        results = training._validation_metrics(path, samples)
+        assert results["min_part"] == kept
+        assert results["iou"] == pytest.approx(dropped_iou if kept else kept_iou)
+        assert results["without_min_part"]["spurious"] == strays / 2
+    predicted[1.0] = two_parts
+    samples = [("a", images[0], square), ("b", images[1], two_parts)]
 
     # Nothing stray on the validation images: nothing is dropped, and the file is untouched.
     predicted[0.0] = square
