@@ -75,7 +75,7 @@ class InstanceNormalize(keras.layers.Layer):
     - measured in the segmenter's training step: on a par with
       `GroupNormalization(groups=-1)` in float32 and about 1.3x faster in mixed_bfloat16
       (see `scripts/benchmark_speed.py`); per sample rather than folded, the whole step is
-      about 8% faster, since slicing a batch along its outer axis and joining it again moves
+      about 9% faster, since slicing a batch along its outer axis and joining it again moves
       contiguous memory where the transposes gather strided elements.
 
     Reference: Ulyanov et al., "Instance Normalization: The Missing Ingredient for Fast

@@ -88,8 +88,8 @@ DATA_SCALES = (0.75, 0.875, 1.0, 1.125, 1.25)
 # Kvasir-SEG (five models) and Oxford flowers, the parts below 1% were nearly all stray: stray
 # parts per test image 0.18 -> 0.06 and 0.47 -> 0.09, IoU +0.001 and +0.002 (README).
 MIN_PARTS = (0.0025, 0.005, 0.01, 0.02)
-# What one stray part per image is worth in validation IoU when choosing `min_part`. At 0 (the
-# earlier rule, "the fewest stray parts without lowering IoU") a synthetic default model (seed
+# What one stray part per image is worth in validation IoU when choosing `min_part`. Under the
+# earlier rule, "the fewest stray parts without lowering IoU", a synthetic default model (seed
 # 1) kept every part: dropping those below 0.25% cost its 64 validation images 0.0007 IoU and
 # removed 0.9 of 1.05 stray parts per image; kept, it left 2.8 stray parts per `hard` image
 # and 5.0 on a separately written generator's noisy scenes (with them dropped, 0.37 and 0.40,
