@@ -674,7 +674,7 @@ def _validation_metrics(model_path, samples):
     means = {share: summarize(rows[share])["model"] for share in shares}
     worth = {share: means[share]["iou"] - STRAY_PART_PRICE * means[share]["spurious"]
              for share in shares}
-    chosen = min(shares, key=lambda share: (-worth[share], share))
+    chosen = max(shares, key=worth.get)  # the first of equals: the smallest share
     if chosen:
         model.inference["min_part"] = chosen
         _save_atomically(model, model_path)
