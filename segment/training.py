@@ -26,7 +26,7 @@ from segment.imageio import DataError, write_text
 from segment.inference import clean_mask, model_scales
 from segment.losses import LOSSES
 from segment.metrics import evaluate_masks
-from segment.model import build_model, spans_workers
+from segment.model import FULL_RESOLUTION, build_model, spans_workers
 from segment.optimizers import StepHalvingSGD
 
 __all__ = [
@@ -107,6 +107,11 @@ def _check(config):
         )
     if config.loss not in LOSSES:
         raise ValueError(f"unknown loss {config.loss!r}; choose from {', '.join(LOSSES)}")
+    if config.full_resolution not in FULL_RESOLUTION:
+        raise ValueError(
+            f"unknown full-resolution level {config.full_resolution!r}; use "
+            f"{' or '.join(FULL_RESOLUTION)}"
+        )
     if config.strategy not in ("default", "mirrored", "multiworker"):
         raise ValueError(f"unknown strategy {config.strategy!r}; use default, mirrored or multiworker")
     for name in ("epochs", "steps_per_epoch", "batch_size", "halve_every"):
@@ -362,6 +367,7 @@ def _build(config):
     return build_model(
         base_filters=config.base_filters,
         depth=config.depth,
+        full_resolution=config.full_resolution,
         context=config.context,
         foreground_prior=config.foreground_prior,
         # A --data model works on images scaled to the working size; prediction does the same,

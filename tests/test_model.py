@@ -105,6 +105,33 @@ def test_build_model_output_and_size_rule():
         build_model((30, 32, 3), **TINY)
 
 
+def _full_resolution_convs(level, size=16):
+    """Names of the 3x3 convolutions whose output has the input's height and width."""
+    built = build_model((size, size, 3), **TINY, full_resolution=level)
+    return sorted(
+        layer.name for layer in built.layers
+        if isinstance(layer, keras.layers.Conv2D) and layer.kernel_size == (3, 3)
+        and layer.output.shape[1:3] == (size, size)
+    )
+
+
+def test_a_light_full_resolution_level_keeps_the_stem_and_one_decoder_convolution():
+    assert _full_resolution_convs("residual") == [
+        "down0_block0_conv1", "down0_block0_conv2", "stem_conv", "up0_block0_conv1",
+        "up0_block0_conv2",
+    ]
+    assert _full_resolution_convs("light") == ["stem_conv", "up0_conv"]
+    light = build_model(**TINY, full_resolution="light")
+    residual = build_model(**TINY, full_resolution="residual")
+    # Every coarser level is the same as in the residual network.
+    coarse = {layer.name for layer in residual.layers if not layer.name.startswith(("down0", "up0"))}
+    assert coarse <= {layer.name for layer in light.layers}
+    output = light(np.zeros((2, 12, 20, 3), dtype="float32"))
+    assert output.shape == (2, 12, 20, 1)
+    with pytest.raises(ValueError, match="full_resolution"):
+        build_model(**TINY, full_resolution="none")
+
+
 def test_output_bias_starts_at_the_foreground_prior():
     model = build_model(**TINY, foreground_prior=0.2)
     np.testing.assert_allclose(model.get_layer("probability").bias.numpy(), [-1.3862944], rtol=1e-6)

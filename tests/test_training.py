@@ -1,6 +1,7 @@
 """The training application end to end, on tiny models and images."""
 
 import csv
+import dataclasses
 import json
 import time
 
@@ -188,6 +189,20 @@ def _tiny_config(folder, **settings):
     """A tiny synthetic run's settings, for the tests of budgeted runs."""
     return TrainConfig(out=str(folder), size=32, batch_size=4, val_count=4, base_filters=4,
                        depth=2, **settings)
+
+
+def test_a_run_folder_from_before_the_light_network_resumes_the_network_it_trained(tmp_path):
+    # config.json of a run written before `full_resolution` existed: its model had residual
+    # blocks at full resolution, and a resumed run must rebuild that network, not the new
+    # default, or its saved weights would not fit.
+    settings = dataclasses.asdict(_tiny_config(tmp_path))
+    del settings["full_resolution"]
+    (tmp_path / "config.json").write_text(json.dumps(settings))
+    assert TrainConfig().full_resolution == "light"
+    assert TrainConfig.from_json(tmp_path / "config.json").full_resolution == "residual"
+    with pytest.raises(ValueError, match="unknown full-resolution level 'none'"):
+        train(_tiny_config(tmp_path / "run", full_resolution="none"), verbose=0)
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_default_run_is_a_budget_inside_ten_minutes(train_script):
