@@ -98,8 +98,10 @@ def build_parser():
 
 
 def _settings(args):
+    # The network is train.py's; recorded so that a folder of runs of another network (the
+    # residual full-resolution level, before it) is not continued with this one.
     return {"data": str(args.data.resolve()), "minutes": args.minutes, "quick": args.quick,
-            "size": args.size}
+            "size": args.size, "full_resolution": TrainConfig().full_resolution}
 
 
 def _prepare(out, settings):

@@ -10,7 +10,7 @@ from segment.cli import HelpFormatter  # noqa: E402
 from segment.config import TrainConfig  # noqa: E402
 from segment.data import DIFFICULTIES  # noqa: E402
 from segment.losses import LOSSES  # noqa: E402
-from segment.model import FULL_RESOLUTION  # noqa: E402
+from segment.model import FULL_RESOLUTION_CHOICES  # noqa: E402
 from segment.training import (  # noqa: E402
     DATA_LR,
     DATA_MINUTES,
@@ -96,10 +96,10 @@ def parse_args(argv):
         help="accept multi-valued --data masks: foreground where value > threshold * max")
     add("--base-filters", type=int, default=defaults.base_filters, help="network width at full resolution")
     add("--depth", type=int, default=defaults.depth, help="2x down-samplings in the U-Net")
-    add("--full-resolution", choices=FULL_RESOLUTION, default=defaults.full_resolution,
+    add("--full-resolution", choices=FULL_RESOLUTION_CHOICES, default=defaults.full_resolution,
         help="the network's full-resolution level: light (the stem, then one convolution after "
         "the decoder's last merge) or residual (a residual block on each side, as at every "
-        "other level; 1.3x slower per step)")
+        "other level; about 1.26x slower per step, measured on an Intel CPU)")
     add("--context", choices=("none", "sweep"), default=defaults.context,
         help="sweep: add the recurrent row/column SweepContext block at the bottleneck")
     precision = parser.add_mutually_exclusive_group()

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from segment.layers import InstanceNormalize, LayerScale, SweepContext, subtract_mean
 
-__all__ = ["DEFAULT_INFERENCE", "FULL_RESOLUTION", "SegmentationModel", "build_model"]
+__all__ = ["DEFAULT_INFERENCE", "FULL_RESOLUTION_CHOICES", "SegmentationModel", "build_model"]
 
 # What a saved model tells prediction, unless training recorded otherwise.
 DEFAULT_INFERENCE = {
@@ -15,7 +15,7 @@ DEFAULT_INFERENCE = {
 }
 
 # What build_model's full-resolution level can be.
-FULL_RESOLUTION = ("residual", "light")
+FULL_RESOLUTION_CHOICES = ("residual", "light")
 
 
 def _unscale_for_distribution(loss):
@@ -183,9 +183,9 @@ def build_model(
     stem's features go straight to the first pooling and to the skip, and the decoder
     follows its last merge with one conv3x3-InstanceNormalize-ReLU. The two residual blocks
     this leaves out, at the most pixels and the fewest channels, took a quarter of a
-    training step at 16 filters, and the network trained without them scored higher on
-    every held-out set but `medium` (0.001-0.006 lower) at the same steps (README, "What
-    it took"). `train.py` trains it; `build_model` keeps residual blocks by default.
+    training step at 16 filters, and the network trained without them, at the same steps,
+    scored higher on every held-out set but `medium` (0.001-0.002 lower; README, "What it
+    took").
 
     Each residual block is conv3x3-InstanceNormalize-ReLU-conv3x3-InstanceNormalize,
     scaled by a LayerScale and added to its input. Instance normalisation (not batch norm)
@@ -198,10 +198,12 @@ def build_model(
         base_filters: filters at full resolution. Defaults to `16`.
         depth: number of 2x down-samplings; inputs must be multiples of `2 ** depth`
             (8 by default). Defaults to `3`.
-        blocks_per_level: residual blocks at each level. Defaults to `1`.
+        blocks_per_level: residual blocks at each level (none at full resolution with
+            `full_resolution="light"`). Defaults to `1`.
         full_resolution: `"residual"` (residual blocks at full resolution, as at every other
             level) or `"light"` (none: the stem, then one convolution after the decoder's
-            last merge). Defaults to `"residual"`.
+            last merge). Defaults to `"residual"`; `train.py` (`TrainConfig`) trains
+            `"light"`.
         layer_scale_init: initial LayerScale factor of every residual branch. Defaults to
             `1.0`: with momentum SGD, branches started at 0.1 (as CaiT does for deep
             transformers trained with Adam) learnt too slowly in a short run (README, "Real
@@ -222,9 +224,9 @@ def build_model(
     """
     if context not in ("none", "sweep"):
         raise ValueError(f"context must be 'none' or 'sweep', got {context!r}")
-    if full_resolution not in FULL_RESOLUTION:
+    if full_resolution not in FULL_RESOLUTION_CHOICES:
         raise ValueError(
-            f"full_resolution must be one of {FULL_RESOLUTION}, got {full_resolution!r}"
+            f"full_resolution must be one of {FULL_RESOLUTION_CHOICES}, got {full_resolution!r}"
         )
     light = full_resolution == "light"
     multiple = 2**depth

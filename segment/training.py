@@ -26,7 +26,7 @@ from segment.imageio import DataError, write_text
 from segment.inference import clean_mask, model_scales
 from segment.losses import LOSSES
 from segment.metrics import evaluate_masks
-from segment.model import FULL_RESOLUTION, build_model, spans_workers
+from segment.model import FULL_RESOLUTION_CHOICES, build_model, spans_workers
 from segment.optimizers import StepHalvingSGD
 
 __all__ = [
@@ -107,10 +107,10 @@ def _check(config):
         )
     if config.loss not in LOSSES:
         raise ValueError(f"unknown loss {config.loss!r}; choose from {', '.join(LOSSES)}")
-    if config.full_resolution not in FULL_RESOLUTION:
+    if config.full_resolution not in FULL_RESOLUTION_CHOICES:
         raise ValueError(
             f"unknown full-resolution level {config.full_resolution!r}; use "
-            f"{' or '.join(FULL_RESOLUTION)}"
+            f"{' or '.join(FULL_RESOLUTION_CHOICES)}"
         )
     if config.strategy not in ("default", "mirrored", "multiworker"):
         raise ValueError(f"unknown strategy {config.strategy!r}; use default, mirrored or multiworker")

@@ -28,10 +28,11 @@ INFERENCE = {"working_size": None, "threshold": 0.4, "tta": True, "scales": [1.0
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A small segmenter trained for a few steps (the real loss and optimiser), saved."""
+    """A small segmenter of the network train.py trains (light full-resolution level),
+    trained for a few steps (the real loss and optimiser), saved."""
     keras.utils.set_random_seed(0)
     images, masks = data.synthetic_arrays(16, size=32, seed=3)
-    model = build_model(base_filters=4, depth=2, inference=INFERENCE)
+    model = build_model(base_filters=4, depth=2, full_resolution="light", inference=INFERENCE)
     model.compile(optimizer=StepHalvingSGD(0.1, halve_every=100), loss=CompositeLoss())
     model.fit(images, masks, batch_size=4, epochs=2, verbose=0)
     path = tmp_path_factory.mktemp("run") / "model.keras"

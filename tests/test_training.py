@@ -191,15 +191,19 @@ def _tiny_config(folder, **settings):
                        depth=2, **settings)
 
 
-def test_a_run_folder_from_before_the_light_network_resumes_the_network_it_trained(tmp_path):
-    # config.json of a run written before `full_resolution` existed: its model had residual
-    # blocks at full resolution, and a resumed run must rebuild that network, not the new
-    # default, or its saved weights would not fit.
+def test_training_builds_the_light_network_and_old_run_folders_the_residual_one(tmp_path):
+    # Training builds the network config.json names: today's default has one convolution at
+    # full resolution on the way up. A config.json written before `full_resolution` existed
+    # reads as the residual network its checkpoint holds, so its run resumes with that one.
+    layers = {layer.name for layer in training._build(_tiny_config(tmp_path)).layers}
+    assert "up0_conv" in layers and "up0_block0_conv1" not in layers
     settings = dataclasses.asdict(_tiny_config(tmp_path))
     del settings["full_resolution"]
     (tmp_path / "config.json").write_text(json.dumps(settings))
-    assert TrainConfig().full_resolution == "light"
-    assert TrainConfig.from_json(tmp_path / "config.json").full_resolution == "residual"
+    old = TrainConfig.from_json(tmp_path / "config.json")
+    assert old.full_resolution == "residual"
+    layers = {layer.name for layer in training._build(old).layers}
+    assert "up0_block0_conv1" in layers and "up0_conv" not in layers
     with pytest.raises(ValueError, match="unknown full-resolution level 'none'"):
         train(_tiny_config(tmp_path / "run", full_resolution="none"), verbose=0)
     assert not (tmp_path / "run").exists()
