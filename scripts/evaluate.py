@@ -65,6 +65,10 @@ def build_parser():
                         help="comma-separated factors of the working size (or of the image's own "
                              "size) to predict at and average, e.g. 1 for one pass (default: the "
                              "model's own, 0.75 to 1.25 in steps of 1/8 for --data models)")
+    parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                        help="refine each mask with GrabCut on the image's own colours "
+                             "(default: the model's own setting, on where training found it "
+                             "scored better on the validation images)")
     parser.add_argument("--min-part", type=part_share, default=None, metavar="SHARE",
                         help="drop foreground parts smaller than this share of the image's "
                              "pixels, e.g. 0.01; 0: none (default: the model's own, chosen on "
@@ -99,7 +103,7 @@ def main(argv=None) -> int:
         pairs = find_pairs(folder)
         methods = load_methods(
             model_path, args.baselines, threshold=args.threshold, resize=args.resize,
-            tta=args.tta, scales=args.scales, min_part=args.min_part,
+            tta=args.tta, scales=args.scales, min_part=args.min_part, refine=args.refine,
         )
         print(f"evaluating {', '.join(methods)} on {len(pairs)} images in {folder}")
         rows = evaluate_folder(pairs, methods)

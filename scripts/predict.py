@@ -79,6 +79,10 @@ def build_parser():
                         help="tiles per network call")
     parser.add_argument("--min-area", type=non_negative, default=0,
                         help="remove foreground regions smaller than this many pixels (0: off)")
+    parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                        help="refine each mask with GrabCut on the image's own colours "
+                             "(default: the model's own setting, on where training found it "
+                             "scored better on the validation images)")
     parser.add_argument("--min-part", type=part_share, default=None, metavar="SHARE",
                         help="drop foreground parts smaller than this share of the image's "
                              "pixels, e.g. 0.01; 0: none (default: the model's own, chosen on "
@@ -138,6 +142,7 @@ def main(argv=None):
         save=["mask", *(kind for kind in args.save if kind != "mask")],
         overwrite=args.overwrite,
         threshold=args.threshold,
+        refine=args.refine,
         min_area=args.min_area,
         min_part=args.min_part,
         fill_holes=args.fill_holes,

@@ -149,6 +149,12 @@ def main(argv=None):
             f"(chosen on validation: without, IoU {without['iou']:.4f}, "
             f"spurious {without['spurious']:.2f}/image)"
         )
+    if results["refine"]:
+        without = results["without_refine"]
+        print(
+            "masks are refined with GrabCut on each image's colours (chosen on validation: "
+            f"without, IoU {without['iou']:.4f}, spurious {without['spurious']:.2f}/image)"
+        )
     if results["stopped_early"]:
         print("warning: training stopped early (NaN loss); model.keras is the last good epoch",
               file=sys.stderr)

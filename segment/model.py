@@ -12,6 +12,7 @@ __all__ = ["DEFAULT_INFERENCE", "FULL_RESOLUTION_CHOICES", "SegmentationModel", 
 # What a saved model tells prediction, unless training recorded otherwise.
 DEFAULT_INFERENCE = {
     "working_size": None, "threshold": 0.5, "tta": False, "scales": [1.0], "min_part": 0.0,
+    "refine": False,
 }
 
 # What build_model's full-resolution level can be.
@@ -58,7 +59,8 @@ class SegmentationModel(keras.Model):
             over the four flips), `scales` (factors of the working size, or of the image's
             own size, to predict at and average over), `min_part` (foreground parts,
             8-connected, smaller than this share of the image's pixels are dropped from the
-            mask). Defaults to `DEFAULT_INFERENCE`.
+            mask), `refine` (refine the mask with GrabCut on the image's colours,
+            `segment.inference.refine_mask`). Defaults to `DEFAULT_INFERENCE`.
     """
 
     def __init__(self, *args, inference=None, **kwargs):

@@ -4,7 +4,7 @@
 
 - `POST /api/segment`: a multipart upload in the form field `file` (as rembg's server takes
   it); query options `output` (mask, prob, overlay, cutout), `threshold`, `tta`, `min_area`,
-  `min_part`, `fill_holes`; answers a PNG. The segmentation is `segment.inference`'s, as
+  `min_part`, `fill_holes`, `refine`; answers a PNG. The segmentation is `segment.inference`'s, as
   `predict.py` runs it.
 - `GET /api/health`: the model's name, input size multiple, backend and inference settings.
 - `GET /`: one self-contained page (no external resources): drop an image, see the overlay
@@ -36,8 +36,9 @@ from starlette.formparsers import MultiPartParser
 from segment.imageio import DataError, decode_image, encode_png
 from segment.inference import (
     OUTPUT_KINDS,
-    clean_mask,
+    finish_mask,
     model_min_part,
+    model_refine,
     model_scales,
     model_threshold,
     model_tta,
@@ -194,6 +195,7 @@ def create_app(
             "tta": model_tta(model),
             "scales": list(model_scales(model)),
             "min_part": model_min_part(model),
+            "refine": model_refine(model),
             "max_upload_bytes": max_upload_bytes,
             "max_pixels": max_pixels,
         }
@@ -224,6 +226,9 @@ def create_app(
             "(default: the model's)",
         ),
         fill_holes: int = Query(0, ge=0, description="fill holes smaller than this"),
+        refine: bool | None = Query(
+            None, description="refine the mask with GrabCut on the image (default: the model's)"
+        ),
     ):
         """Segment one uploaded image; the answer is a PNG of the requested kind."""
         if file is None:
@@ -245,10 +250,9 @@ def create_app(
             else:
                 with lock:
                     probability = predict_probability(model, image, **options)
-            cut = model_threshold(model) if threshold is None else threshold
-            part = model_min_part(model) if min_part is None else min_part
-            mask = clean_mask(
-                probability > cut, min_area=min_area, fill_holes=fill_holes, min_part=part
+            mask = finish_mask(
+                model, image, probability, threshold=threshold, refine=refine,
+                min_area=min_area, fill_holes=fill_holes, min_part=min_part,
             )
             png = encode_png(render_output(output, image, probability, mask))
             del image, probability, mask

@@ -23,7 +23,13 @@ from segment import data
 from segment.config import TrainConfig
 from segment.evaluation import mean_iou, model_method, summarize
 from segment.imageio import DataError, write_text
-from segment.inference import clean_mask, model_scales
+from segment.inference import (
+    clean_mask,
+    model_scales,
+    model_threshold,
+    predict_probability,
+    refine_mask,
+)
 from segment.losses import LOSSES
 from segment.metrics import evaluate_masks
 from segment.model import FULL_RESOLUTION_CHOICES, build_model, spans_workers
@@ -511,10 +517,11 @@ class _Deadline(keras.callbacks.Callback):
 
 
 def _fit_budget(config, pairs, strategy, deadline):
-    """`(epochs, steps_per_epoch, validation_seconds)`: the epochs that fit before `deadline`
-    (a `time.perf_counter()` value) and their length, measured on a throwaway model: 30
-    training steps and a validation pass, each timed once warm (`plan_budget` does the
-    arithmetic); and that warm validation pass's time."""
+    """`(epochs, steps_per_epoch, validation_seconds, refine_seconds)`: the epochs that fit
+    before `deadline` (a `time.perf_counter()` value) and their length, measured on a
+    throwaway model: 30 training steps and a validation pass, each timed once warm
+    (`plan_budget` does the arithmetic); that warm validation pass's time, and what refining
+    the validation masks will cost in the final scoring (`_refine_seconds`)."""
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = _build(config)
@@ -535,17 +542,32 @@ def _fit_budget(config, pairs, strategy, deadline):
         started = time.perf_counter()
         model.save(Path(folder) / "model.keras")
         save_seconds = time.perf_counter() - started
+    refine_seconds = _refine_seconds(validation)
     # What follows the last epoch: loading the best model, scoring it in full
     # (`_final_passes`) and saving it with its smallest part; and the real run traces the
     # training graph once more.
     epochs, steps_per_epoch = plan_budget(
         deadline - time.perf_counter() - _final_passes(model) * validation_seconds
-        - save_seconds - trace_seconds,
+        - refine_seconds - save_seconds - trace_seconds,
         step_seconds=step_seconds,
         after_epoch_seconds=validation_seconds + 2 * save_seconds,
         steps_per_epoch=config.steps_per_epoch,
     )
-    return epochs, steps_per_epoch, validation_seconds
+    return epochs, steps_per_epoch, validation_seconds, refine_seconds
+
+
+def _refine_seconds(validation, timed=3):
+    """What refining every validation mask with GrabCut costs (`_validation_metrics`), timed
+    on the first `timed` images with a made-up prediction: a centred disk, sure inside and
+    outside, unsure across a band of a tenth of the shorter side around its outline."""
+    samples = [sample for sample, _ in zip(validation, range(timed))]
+    started = time.perf_counter()
+    for _, image, _ in samples:
+        height, width = image.shape[:2]
+        rows, columns = np.ogrid[:height, :width]
+        distance = np.hypot(rows - height / 2, columns - width / 2) - min(height, width) / 4
+        refine_mask(image, np.clip(0.5 - 10 * distance / min(height, width), 0, 1))
+    return (time.perf_counter() - started) / max(1, len(samples)) * len(validation)
 
 
 def plan_budget(seconds, *, step_seconds, after_epoch_seconds, steps_per_epoch=None):
@@ -589,7 +611,7 @@ def _next_replan(config, done):
 
 
 def _replan(model, config, pace, *, done, deadline, trace_seconds, save_seconds,
-            first_validation, warm_validation):
+            first_validation, warm_validation, refine_seconds):
     """`config` with its epochs planned again after `done` epochs (timed by `_Pace`), the
     optimizer's halvings moved to match; whether anything changed.
 
@@ -598,11 +620,11 @@ def _replan(model, config, pace, *, done, deadline, trace_seconds, save_seconds,
     every image shape (`first_validation` seconds; later passes take `warm_validation`, as
     calibration timed them). Later, an epoch is what whole warm epochs took. What follows
     the last epoch, loading the best model and scoring it in full, costs a first pass and a
-    warm pass per further scale (`_final_passes`), and saving it again with its smallest part
-    about what the first epoch's checkpoints took (`save_seconds`); changed halvings trace the
-    training graph again (`trace_seconds`).
+    warm pass per further scale (`_final_passes`), refining its masks (`refine_seconds`), and
+    saving it again with its mask settings about what the first epoch's checkpoints took
+    (`save_seconds`); changed halvings trace the training graph again (`trace_seconds`).
     """
-    final = _final_seconds(model, first_validation, warm_validation, save_seconds)
+    final = _final_seconds(model, first_validation, warm_validation, save_seconds, refine_seconds)
     if done == 1:
         after_epoch = max(0.0, pace.after_seconds - first_validation) + warm_validation
         epoch_seconds = config.steps_per_epoch * pace.step_seconds + after_epoch
@@ -624,10 +646,12 @@ def _replan(model, config, pace, *, done, deadline, trace_seconds, save_seconds,
     return True
 
 
-def _final_seconds(model, first_validation, warm_validation, save_seconds):
+def _final_seconds(model, first_validation, warm_validation, save_seconds, refine_seconds):
     """What follows a budgeted run's last epoch: scoring the best model in full, a first
-    validation pass and a warm one per further scale, and saving it with its smallest part."""
-    return first_validation + (_final_passes(model) - 1) * warm_validation + save_seconds
+    validation pass and a warm one per further scale, refining its masks, and saving it with
+    its mask settings."""
+    return (first_validation + (_final_passes(model) - 1) * warm_validation + refine_seconds
+            + save_seconds)
 
 
 def _history_best(path, initial_epoch):
@@ -650,47 +674,55 @@ def _history_best(path, initial_epoch):
 
 def _validation_metrics(model_path, samples):
     """Per-image mean metrics of the saved model on the validation samples, as predicted,
-    once the model's `min_part` has been chosen on them and saved with it.
+    once the model's mask settings have been chosen on them and saved with it.
 
-    `min_part` is, of 0 and `MIN_PARTS`, the share whose masks score best as mean IoU less
-    `STRAY_PART_PRICE` times the mean stray parts (`segment.metrics.spurious`) per image; the
-    smallest of equals, so 0 when the validation images show no stray part to drop. The
-    network's prediction is made once per image, and the masks that each share leaves are
-    scored from it.
+    The settings are whether to refine the mask with GrabCut (`refine_mask`) and `min_part`,
+    of 0 and `MIN_PARTS`: those whose masks score best as mean IoU less `STRAY_PART_PRICE`
+    times the mean stray parts (`segment.metrics.spurious`) per image; the first of equals,
+    so no refinement and no part dropped unless the validation images gain from them. The
+    network's prediction is made once per image, and every setting's mask is scored from it.
     """
     # Loaded compiled, as the checkpoint was saved, so that it can be saved again as it was.
     model = keras.saving.load_model(model_path, safe_mode=True)
-    segment = model_method(model, min_part=0.0)
+    threshold = model_threshold(model)
     shares = (0.0, *MIN_PARTS)
-    rows = {share: [] for share in shares}
+    options = [(refine, share) for refine in (False, True) for share in shares]
+    rows = {option: [] for option in options}
     for index, (name, image, truth) in enumerate(samples):
         if index == 0:
-            segment(image)  # traces the prediction graph, untimed, as evaluate_samples does
+            predict_probability(model, image)  # traces the prediction graph, untimed
         started = time.perf_counter()
-        mask = segment(image)
-        seconds = time.perf_counter() - started
-        scored = {}  # the shares' masks are nested: equal pixel counts are equal masks
-        for share in shares:
-            cleaned = clean_mask(mask, min_part=share)
-            key = int(np.count_nonzero(cleaned))
-            if key not in scored:
-                metrics = evaluate_masks(cleaned, truth)
-                scored[key] = {"method": "model", "file": name, **metrics, "seconds": seconds}
-            rows[share].append(scored[key])
-    means = {share: summarize(rows[share])["model"] for share in shares}
-    worth = {share: means[share]["iou"] - STRAY_PART_PRICE * means[share]["spurious"]
-             for share in shares}
-    chosen = max(shares, key=worth.get)  # the first of equals: the smallest share
-    if chosen:
-        model.inference["min_part"] = chosen
+        probability = predict_probability(model, image)
+        predicted = time.perf_counter() - started
+        for refine in (False, True):
+            started = time.perf_counter()
+            if refine:
+                mask = refine_mask(image, probability, threshold=threshold)
+            else:
+                mask = probability > threshold
+            seconds = predicted + time.perf_counter() - started
+            scored = {}  # the shares' masks are nested: equal pixel counts are equal masks
+            for share in shares:
+                cleaned = clean_mask(mask, min_part=share)
+                key = int(np.count_nonzero(cleaned))
+                if key not in scored:
+                    metrics = evaluate_masks(cleaned, truth)
+                    scored[key] = {"method": "model", "file": name, **metrics, "seconds": seconds}
+                rows[(refine, share)].append(scored[key])
+    means = {option: summarize(rows[option])["model"] for option in options}
+    worth = {option: means[option]["iou"] - STRAY_PART_PRICE * means[option]["spurious"]
+             for option in options}
+    refine, share = chosen = max(options, key=worth.get)  # the first of equals
+    if chosen != (False, 0.0):
+        model.inference["refine"], model.inference["min_part"] = refine, share
         _save_atomically(model, model_path)
     results = dict(means[chosen])
     results.pop("count")
     results["seconds_per_image"] = results.pop("seconds")
-    results["min_part"] = chosen
-    results["without_min_part"] = {
-        name: means[0.0][name] for name in ("iou", "spurious", "b0_error")
-    }
+    results["refine"] = refine
+    results["min_part"] = share
+    for name, option in (("without_min_part", (refine, 0.0)), ("without_refine", (False, 0.0))):
+        results[name] = {key: means[option][key] for key in ("iou", "spurious", "b0_error")}
     return results
 
 
@@ -779,8 +811,8 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
             if config.epochs is None:
                 replan = True
                 deadline = started + config.minutes * 60
-                config.epochs, config.steps_per_epoch, warm_validation = _fit_budget(
-                    config, pairs, strategy, deadline
+                config.epochs, config.steps_per_epoch, warm_validation, refine_seconds = (
+                    _fit_budget(config, pairs, strategy, deadline)
                 )
                 print(
                     f"{config.minutes:g}-minute budget: {config.epochs} epochs of "
@@ -854,11 +886,12 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
                     trace_seconds = pace.trace_seconds
                     save_seconds = max(0.0, pace.after_seconds - first_validation)
                     deadline_guard = _Deadline(deadline, _final_seconds(
-                        model, first_validation, warm_validation, save_seconds))
+                        model, first_validation, warm_validation, save_seconds, refine_seconds))
                     guard = [deadline_guard]
                 if _replan(model, config, pace, done=done, deadline=deadline,
                            trace_seconds=trace_seconds, save_seconds=save_seconds,
-                           first_validation=first_validation, warm_validation=warm_validation):
+                           first_validation=first_validation, warm_validation=warm_validation,
+                           refine_seconds=refine_seconds):
                     print(f"after {done} epoch{'s' if done > 1 else ''}: {config.epochs} "
                           "epochs fit the budget", flush=True)
                     config.to_json(folder / "config.json")

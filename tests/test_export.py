@@ -23,7 +23,10 @@ pytest.importorskip("onnxruntime", reason="the export extra is part of [dev]")
 
 export_script = load_script("export")
 predict_script = load_script("predict")
-INFERENCE = {"working_size": None, "threshold": 0.4, "tta": True, "scales": [1.0], "min_part": 0.01}
+INFERENCE = {
+    "working_size": None, "threshold": 0.4, "tta": True, "scales": [1.0], "min_part": 0.01,
+    "refine": False,
+}
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,18 @@ from skimage import measure
 
 from segment.imageio import DataError
 from segment.inference import (
+    REFINE_SIDE,
     _predict_batch,
     _summed_weight,
     _tile_layout,
     clean_mask,
     collect_inputs,
     find_latest_model,
+    finish_mask,
     load_segmenter,
     predict_mask,
     predict_probability,
+    refine_mask,
     render_outputs,
     size_multiple,
 )
@@ -453,3 +456,54 @@ def test_collect_inputs(tmp_path):
 def test_integer_images_are_refused_rather_than_misread(model):
     with pytest.raises(ValueError, match="float image"):
         predict_probability(model, np.zeros((8, 8, 3), dtype=np.uint8))
+
+
+def _square_scene(side=100, low=20, high=60):
+    """A bright square on a dark, lightly noisy background; the square as a bool mask; and a
+    soft prediction of it: sure only of a core 5 pixels inside the outline, unsure (0.3,
+    below the threshold) of a band reaching 5 pixels past it, sure of background beyond."""
+    rng = np.random.default_rng(0)
+    truth = np.zeros((side, side), bool)
+    truth[low:high, low:high] = True
+    image = np.where(truth[..., None], 0.85, 0.15) + rng.normal(0, 0.02, (side, side, 3))
+    probability = np.zeros((side, side), np.float32)
+    probability[low - 5 : high + 5, low - 5 : high + 5] = 0.3
+    probability[low + 5 : high - 5, low + 5 : high - 5] = 1.0
+    return np.clip(image, 0, 1).astype(np.float32), truth, probability
+
+
+def test_grabcut_refinement_moves_a_soft_outline_to_the_edge_in_the_image():
+    image, truth, probability = _square_scene()
+    assert np.count_nonzero(probability > 0.5) == 900  # the core alone: IoU 0.56
+    refined = refine_mask(image, probability)
+    assert refined.dtype == bool and refined.shape == truth.shape
+    np.testing.assert_array_equal(refined, truth)
+    np.testing.assert_array_equal(refine_mask(image, probability), refined)  # seeded
+
+    # A sure prediction is left as it is; so is one with nothing on one side.
+    np.testing.assert_array_equal(refine_mask(image, truth.astype(np.float32)), truth)
+    empty = np.zeros_like(probability)
+    assert not refine_mask(image, empty).any()
+
+
+def test_grabcut_refinement_of_a_large_image_runs_scaled_down_and_maps_back():
+    # 900 x 600: refined at 400 x 267, then scaled back to the image's own size.
+    image, truth, probability = _square_scene(side=900, low=200, high=600)
+    image, truth, probability = image[:600], truth[:600], probability[:600]
+    assert max(image.shape[:2]) > REFINE_SIDE
+    refined = refine_mask(image, probability)
+    assert refined.shape == truth.shape
+    assert np.count_nonzero(refined & truth) / np.count_nonzero(refined | truth) > 0.98
+
+
+def test_masks_are_refined_as_the_model_says_unless_told_otherwise():
+    image, truth, probability = _square_scene()
+
+    class Refining:
+        inference = {"refine": True}
+
+    core = probability > 0.5
+    np.testing.assert_array_equal(finish_mask(Refining(), image, probability), truth)
+    np.testing.assert_array_equal(finish_mask(Refining(), image, probability, refine=False), core)
+    np.testing.assert_array_equal(finish_mask(object(), image, probability), core)  # default: off
+    np.testing.assert_array_equal(finish_mask(object(), image, probability, refine=True), truth)

@@ -11,7 +11,7 @@ from helpers import load_script
 from test_inference import random_image, tiny_model
 
 from segment.imageio import read_image
-from segment.inference import predict_probability
+from segment.inference import predict_probability, refine_mask
 from segment.model import build_model
 
 predict_script = load_script("predict")
@@ -116,6 +116,17 @@ def test_a_model_trained_at_a_working_size_is_applied_as_saved(tmp_path, capsys)
     np.testing.assert_array_equal(mask > 0, labels == np.argmax(sizes[1:]) + 1)
     assert run(source, "--model", path, "--out", tmp_path / "f", "--min-part", "0") == 0
     mask = cv2.imread(str(tmp_path / "f" / "photo_mask.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(mask > 0, scaled > 0.45)
+    # A saved refinement refines each mask with GrabCut unless --no-refine says otherwise.
+    model.inference["min_part"], model.inference["refine"] = 0.0, True
+    model.save(path)
+    refined = refine_mask(image, scaled, threshold=0.45)
+    assert not np.array_equal(refined, scaled > 0.45)
+    assert run(source, "--model", path, "--out", tmp_path / "g") == 0
+    mask = cv2.imread(str(tmp_path / "g" / "photo_mask.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(mask > 0, refined)
+    assert run(source, "--model", path, "--out", tmp_path / "h", "--no-refine") == 0
+    mask = cv2.imread(str(tmp_path / "h" / "photo_mask.png"), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(mask > 0, scaled > 0.45)
 
 

@@ -59,7 +59,7 @@ def test_health_names_the_model_and_its_settings(client):
     info = client.get("/api/health").json()
     assert info["model"] == "segmenter" and info["backend"] == "keras"
     assert info["input_multiple"] == 4 and info["threshold"] == 0.5 and info["tta"] is False
-    assert info["min_part"] == 0.0
+    assert info["min_part"] == 0.0 and info["refine"] is False
     assert info["max_upload_bytes"] == LIMIT_BYTES and info["max_pixels"] == LIMIT_PIXELS
 
 

@@ -50,7 +50,7 @@ def test_train_warns_when_the_run_collapsed_to_an_empty_mask(train_script, tmp_p
     # says so and names the rate to lower; a working run does not.
     (tmp_path / "config.json").write_text(json.dumps({"lr": 0.5}))
     results = {"iou": 0.0, "dice": 0.0, "spurious": 0.0, "b0_error": 1.0, "train_seconds": 1.0,
-               "min_part": 0.0, "stopped_early": False}
+               "min_part": 0.0, "refine": False, "stopped_early": False}
     monkeypatch.setattr(train_script, "train", lambda config, **kwargs: (tmp_path, dict(results)))
     assert train_script.main(["--epochs", "1"]) == 0
     error = capsys.readouterr().err
@@ -85,12 +85,15 @@ def test_train_on_an_image_mask_folder_reports_what_prediction_delivers(train_sc
     model = load_segmenter(out / "model.keras")
     assert model.inference == {"working_size": 32, "threshold": 0.5, "tta": True,
                                "scales": [0.75, 0.875, 1.0, 1.125, 1.25],  # DATA_SCALES
-                               "min_part": results["min_part"]}
+                               "min_part": results["min_part"], "refine": results["refine"]}
     scores, at_working_size = [], []
     for image_path, mask_path in val_pairs:
         image, truth = data.read_pair(image_path, mask_path)
         scores.append(metrics.evaluate_masks(predict_mask(model, image), truth))
-        at_working_size.append(metrics.iou(predict_mask(model, image, scales=[1]), truth))
+        # as each epoch's validation ran it: the mask settings are chosen after training
+        at_working_size.append(
+            metrics.iou(predict_mask(model, image, scales=[1], refine=False), truth)
+        )
     for name in ("iou", "dice", "spurious", "b1_error"):
         assert results[name] == pytest.approx(np.mean([row[name] for row in scores]), abs=1e-9)
     # Each epoch's validation, which picks the saved epoch, runs at the working size alone.
@@ -122,8 +125,10 @@ def test_training_keeps_the_part_size_worth_most_in_iou_and_stray_parts(
     images = [np.full((100, 100, 3), value, np.float32) for value in (0.0, 1.0)]
     samples = [("a", images[0], square), ("b", images[1], two_parts)]
     predicted = {0.0: with_stray, 1.0: two_parts}
-    monkeypatch.setattr(training, "model_method",
-                        lambda model, **options: lambda image: predicted[float(image[0, 0, 0])])
+    # Probabilities of 0 and 1 only: every pixel is sure, and GrabCut refinement changes
+    # nothing, so the mask is never refined here (the first of equal settings).
+    monkeypatch.setattr(training, "predict_probability",
+                        lambda model, image: predicted[float(image[0, 0, 0])].astype(np.float32))
     path = tmp_path / "model.keras"
     trained = _saved_tiny_model(path)
 
@@ -134,8 +139,9 @@ def test_training_keeps_the_part_size_worth_most_in_iou_and_stray_parts(
     assert results["iou"] == 1.0 and results["spurious"] == 0.0
     assert results["without_min_part"]["iou"] == pytest.approx((1600 / 1664 + 1) / 2)
     assert results["without_min_part"]["spurious"] == 0.5
+    assert results["refine"] is False
     saved = keras.saving.load_model(path, safe_mode=True)
-    assert saved.inference["min_part"] == 0.01
+    assert saved.inference["min_part"] == 0.01 and saved.inference["refine"] is False
     assert int(saved.optimizer.iterations) == 1  # compiled, optimizer state and all
     for a, b in zip(saved.get_weights(), trained.get_weights()):
         np.testing.assert_array_equal(a, b)
@@ -173,6 +179,26 @@ def test_training_keeps_the_part_size_worth_most_in_iou_and_stray_parts(
         assert results["min_part"] == kept
         assert results["iou"] == pytest.approx(dropped_iou if kept else kept_iou)
         assert results["without_min_part"]["spurious"] == strays / 2
+
+
+def test_training_refines_masks_with_grabcut_where_validation_gains(tmp_path, monkeypatch):
+    # A bright square on a dark ground, predicted soft: sure of a core 5 pixels inside the
+    # outline (900 of its 1600 pixels), unsure (0.3) of a band reaching 5 pixels past it.
+    truth = np.zeros((100, 100), bool)
+    truth[20:60, 20:60] = True
+    image = np.where(truth[..., None], 0.85, 0.15).astype(np.float32) * np.ones(3, np.float32)
+    soft = np.zeros((100, 100), np.float32)
+    soft[15:65, 15:65] = 0.3
+    soft[25:55, 25:55] = 1.0
+    monkeypatch.setattr(training, "predict_probability", lambda model, image: soft)
+    path = tmp_path / "model.keras"
+    _saved_tiny_model(path)
+
+    results = training._validation_metrics(path, [("a", image, truth), ("b", image, truth)])
+    assert results["refine"] is True and results["min_part"] == 0.0
+    assert results["iou"] == 1.0  # GrabCut finds the square's edge in the image
+    assert results["without_refine"]["iou"] == pytest.approx(900 / 1600)
+    assert keras.saving.load_model(path, safe_mode=True).inference["refine"] is True
 
 
 def test_working_size_is_the_median_longer_side_capped_and_rounded(tmp_path):
@@ -243,7 +269,7 @@ def test_a_budget_planned_too_short_is_planned_again_after_the_first_epoch(tmp_p
     # more do (at least 10, for the second re-plan, even on a machine where each tiny epoch's
     # two checkpoints take a second). The run takes them, and still repeats `epochs=N` exactly.
     # It is planned once more after the last epoch before the first halving, timed warm.
-    monkeypatch.setattr(training, "_fit_budget", lambda *args: (6, 2, 0.05))
+    monkeypatch.setattr(training, "_fit_budget", lambda *args: (6, 2, 0.05, 0.0))
     monkeypatch.setattr(training, "DEADLINE_SLACK", float("inf"))  # as above
     plans = []
     replan = training._replan
@@ -272,7 +298,7 @@ def test_a_budget_planned_too_short_is_planned_again_after_the_first_epoch(tmp_p
 def test_a_budgeted_run_stopped_in_its_first_epoch_stops_there(tmp_path, monkeypatch):
     # A caller's callback (or TerminateOnNaN) stops the run in the epoch the budget is
     # planned again from: no second fit, no backup left behind.
-    monkeypatch.setattr(training, "_fit_budget", lambda *args: (6, 2, 0.05))
+    monkeypatch.setattr(training, "_fit_budget", lambda *args: (6, 2, 0.05, 0.0))
 
     class StopAfterFirstEpoch(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -321,7 +347,7 @@ def test_the_deadline_stops_a_run_whose_epochs_slowed_down():
 def test_a_budgeted_run_planned_too_long_stops_at_its_deadline(tmp_path, monkeypatch):
     # A plan of 2000 epochs for 15 seconds that is never planned again: the deadline's guard
     # stops it, history and checkpoint are consistent, and the run is not "stopped early".
-    monkeypatch.setattr(training, "_fit_budget", lambda *args: (2000, 2, 0.05))
+    monkeypatch.setattr(training, "_fit_budget", lambda *args: (2000, 2, 0.05, 0.0))
     monkeypatch.setattr(training, "_replan", lambda *args, **kwargs: False)
     started = time.perf_counter()
     folder, results = train(_tiny_config(tmp_path / "run", minutes=0.25), verbose=0)
@@ -417,7 +443,7 @@ def test_a_resumed_run_ends_with_the_same_weights(tmp_path):
 
 def test_a_resumed_budgeted_run_trains_the_epochs_it_planned(tmp_path, monkeypatch):
     # config.json records the planned epochs beside the budget; a killed run resumes them.
-    monkeypatch.setattr(training, "_fit_budget", lambda *args: (3, 2, 0.05))
+    monkeypatch.setattr(training, "_fit_budget", lambda *args: (3, 2, 0.05, 0.0))
     monkeypatch.setattr(training, "_replan", lambda *args, **kwargs: False)
     monkeypatch.setattr(training, "DEADLINE_SLACK", float("inf"))
     with pytest.raises(KeyboardInterrupt):
