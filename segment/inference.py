@@ -68,11 +68,11 @@ OUTPUT_KINDS = ("mask", "prob", "overlay", "cutout")
 # GrabCut refinement (`refine_mask`): pixels whose probability is above REFINE_SURE are fixed
 # as foreground, those below 1 - REFINE_SURE as background, and GrabCut labels the rest from
 # the image's own colours, on the image scaled down to at most REFINE_SIDE pixels a side
-# (0.4 s per image there on 2 cores). A model uses it when training found that it scored
+# (0.3-0.5 s per image there on 2 cores). A model uses it when training found that it scored
 # better on the validation images (`segment.training`): on ECSSD photographs, whose outlines
-# a 128-pixel working size blurs, validation IoU 0.592 -> 0.633 and test IoU 0.614 -> 0.678;
+# a 128-pixel working size blurs, test IoU 0.599 -> 0.651 and 0.590 -> 0.639 (two models);
 # on Kvasir-SEG polyps, whose colours barely differ from the tissue around them, it cost
-# 0.04 on validation and is left off (README, "Real photographs").
+# 0.04 on validation and is left off (README, "On your own data").
 REFINE_SURE = 0.97
 REFINE_SIDE = 400
 _REFINE_ITERATIONS = 3
@@ -439,10 +439,11 @@ def refine_mask(image, probability, *, threshold=0.5):
     background, and GrabCut's colour models and its edge-aware smoothing label them from the
     image itself. So an outline the network drew soft, at its working size, follows the edge in
     the photograph. Run on the image scaled so its longer side is at most `REFINE_SIDE`, and
-    scaled back; seeded, so the same input always gives the same mask.
+    scaled back, where the sure pixels are set again at full size; seeded, so the same input
+    always gives the same mask. A threshold beyond the sure limits moves them with it.
 
     Args:
-        image: float `(height, width, 3)` RGB in [0, 1].
+        image: float `(height, width, 3)` RGB in [0, 1], or gray `(height, width)`.
         probability: float `(height, width)` foreground probabilities.
         threshold: the probability above which an unsure pixel starts as foreground.
             Defaults to 0.5.
@@ -451,16 +452,18 @@ def refine_mask(image, probability, *, threshold=0.5):
         bool array `(height, width)`; `probability > threshold` where either side has too
         few pixels for GrabCut's colour models.
     """
+    image = _as_rgb(image)
     probability = np.asarray(probability, np.float32)
     height, width = probability.shape
     start = probability > threshold
+    sure, unsure = max(REFINE_SURE, threshold), min(1 - REFINE_SURE, threshold)
     small = probability
     if max(height, width) > REFINE_SIDE:
         shape = scaled_shape(probability.shape, REFINE_SIDE)
         image, small = scale_image(image, shape), scale_image(probability, shape)
     labels = np.where(small > threshold, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
-    labels[small > REFINE_SURE] = cv2.GC_FGD
-    labels[small < 1 - REFINE_SURE] = cv2.GC_BGD
+    labels[small > sure] = cv2.GC_FGD
+    labels[small < unsure] = cv2.GC_BGD
     foreground = np.count_nonzero((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD))
     if min(foreground, labels.size - foreground) < _REFINE_LEAST_PIXELS:
         return start
@@ -470,10 +473,12 @@ def refine_mask(image, probability, *, threshold=0.5):
         np.ascontiguousarray(pixels), labels, None, np.zeros((1, 65)), np.zeros((1, 65)),
         _REFINE_ITERATIONS, cv2.GC_INIT_WITH_MASK,
     )
-    refined = ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).astype(np.float32)
+    refined = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
     if refined.shape != (height, width):
-        return scale_image(refined, (height, width)) > 0.5
-    return refined > 0.5
+        refined = scale_image(refined.astype(np.float32), (height, width)) > 0.5
+        refined[probability > sure] = True
+        refined[probability < unsure] = False
+    return refined
 
 
 def clean_mask(mask, *, min_area=0, fill_holes=0, min_part=0.0):

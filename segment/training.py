@@ -25,6 +25,8 @@ from segment.evaluation import mean_iou, model_method, summarize
 from segment.imageio import DataError, write_text
 from segment.inference import (
     clean_mask,
+    model_min_part,
+    model_refine,
     model_scales,
     model_threshold,
     predict_probability,
@@ -399,7 +401,7 @@ def _compile(model, config, *, halve_every):
 def _epoch_method(model):
     """The model as each epoch's validation runs it: as `predict.py` does
     (`segment.evaluation.model_method`), but at the working size alone."""
-    return model_method(model, scales=(1.0,))
+    return model_method(model, scales=(1.0,), refine=False)
 
 
 def _final_passes(model):
@@ -544,7 +546,7 @@ def _fit_budget(config, pairs, strategy, deadline):
         save_seconds = time.perf_counter() - started
     refine_seconds = _refine_seconds(validation)
     # What follows the last epoch: loading the best model, scoring it in full
-    # (`_final_passes`) and saving it with its smallest part; and the real run traces the
+    # (`_final_passes`) and saving it with its mask settings; and the real run traces the
     # training graph once more.
     epochs, steps_per_epoch = plan_budget(
         deadline - time.perf_counter() - _final_passes(model) * validation_seconds
@@ -713,7 +715,7 @@ def _validation_metrics(model_path, samples):
     worth = {option: means[option]["iou"] - STRAY_PART_PRICE * means[option]["spurious"]
              for option in options}
     refine, share = chosen = max(options, key=worth.get)  # the first of equals
-    if chosen != (False, 0.0):
+    if chosen != (model_refine(model), model_min_part(model)):
         model.inference["refine"], model.inference["min_part"] = refine, share
         _save_atomically(model, model_path)
     results = dict(means[chosen])
@@ -721,7 +723,7 @@ def _validation_metrics(model_path, samples):
     results["seconds_per_image"] = results.pop("seconds")
     results["refine"] = refine
     results["min_part"] = share
-    for name, option in (("without_min_part", (refine, 0.0)), ("without_refine", (False, 0.0))):
+    for name, option in (("without_min_part", (refine, 0.0)), ("without_refine", (False, share))):
         results[name] = {key: means[option][key] for key in ("iou", "spurious", "b0_error")}
     return results
 

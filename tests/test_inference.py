@@ -480,19 +480,26 @@ def test_grabcut_refinement_moves_a_soft_outline_to_the_edge_in_the_image():
     np.testing.assert_array_equal(refined, truth)
     np.testing.assert_array_equal(refine_mask(image, probability), refined)  # seeded
 
+    np.testing.assert_array_equal(refine_mask(image.mean(axis=2), probability), truth)  # gray
+
     # A sure prediction is left as it is; so is one with nothing on one side.
     np.testing.assert_array_equal(refine_mask(image, truth.astype(np.float32)), truth)
     empty = np.zeros_like(probability)
     assert not refine_mask(image, empty).any()
+    # A threshold above the sure limit moves it: 0.98 is not foreground at threshold 0.99.
+    assert not refine_mask(image, np.where(truth, 0.98, 0.0).astype(np.float32), threshold=0.99).any()
 
 
 def test_grabcut_refinement_of_a_large_image_runs_scaled_down_and_maps_back():
     # 900 x 600: refined at 400 x 267, then scaled back to the image's own size.
     image, truth, probability = _square_scene(side=900, low=200, high=600)
     image, truth, probability = image[:600], truth[:600], probability[:600]
+    probability[100:102, 50:850] = 1.0  # a sure line 2 pixels wide, under a pixel at 400
     assert max(image.shape[:2]) > REFINE_SIDE
     refined = refine_mask(image, probability)
     assert refined.shape == truth.shape
+    assert refined[100:102, 50:850].all()  # the sure pixels stay as the network said
+    refined[100:102] = False
     assert np.count_nonzero(refined & truth) / np.count_nonzero(refined | truth) > 0.98
 
 

@@ -124,3 +124,40 @@ def test_upload_shows_overlay_and_mask_that_match_the_api(server, tmp_path):
     np.testing.assert_array_equal(overlay[~mask], image[~mask])
     assert (overlay[mask] != image[mask]).any(axis=-1).all()
     assert not empty
+
+
+def test_a_refining_model_shows_the_servers_refined_mask(server, tmp_path):
+    server, model = server
+    path = tmp_path / "block.png"
+    path.write_bytes(encode_png(_image()))
+    upload = {"file": ("block.png", path.read_bytes(), "image/png")}
+    saved = dict(model.inference)
+    model.inference.update({"refine": True, "min_part": 0.0})
+    try:
+        refined = np.asarray(Image.open(io.BytesIO(
+            httpx.post(f"{server}/api/segment", params={"output": "mask"}, files=upload).content
+        ))) > 0
+        plain = np.asarray(Image.open(io.BytesIO(httpx.post(
+            f"{server}/api/segment", params={"output": "mask", "refine": "false"}, files=upload
+        ).content))) > 0
+        assert not np.array_equal(refined, plain)  # the refinement changes this mask
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            try:
+                page = browser.new_page()
+                page.goto(server)
+                page.wait_for_function(
+                    "document.getElementById('model').textContent.includes('segmenter')"
+                )
+                page.set_input_files("#file", str(path))
+                page.wait_for_selector("body[data-state=ready]", timeout=30_000)
+                shown = page.evaluate(
+                    "() => Array.from(document.getElementById('mask').getContext('2d')"
+                    ".getImageData(0, 0, 64, 48).data)"
+                )
+            finally:
+                browser.close()
+    finally:
+        model.inference.update(saved)
+    shown = np.array(shown, dtype=np.uint8).reshape(48, 64, 4)[..., 0] > 0
+    np.testing.assert_array_equal(shown, refined)
