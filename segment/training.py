@@ -25,10 +25,10 @@ from segment.evaluation import mean_iou, model_method, summarize
 from segment.imageio import DataError, write_text
 from segment.inference import (
     clean_mask,
+    finish_mask,
     model_min_part,
     model_refine,
     model_scales,
-    model_threshold,
     predict_probability,
     refine_mask,
 )
@@ -686,7 +686,6 @@ def _validation_metrics(model_path, samples):
     """
     # Loaded compiled, as the checkpoint was saved, so that it can be saved again as it was.
     model = keras.saving.load_model(model_path, safe_mode=True)
-    threshold = model_threshold(model)
     shares = (0.0, *MIN_PARTS)
     options = [(refine, share) for refine in (False, True) for share in shares]
     rows = {option: [] for option in options}
@@ -698,10 +697,7 @@ def _validation_metrics(model_path, samples):
         predicted = time.perf_counter() - started
         for refine in (False, True):
             started = time.perf_counter()
-            if refine:
-                mask = refine_mask(image, probability, threshold=threshold)
-            else:
-                mask = probability > threshold
+            mask = finish_mask(model, image, probability, refine=refine, min_part=0.0)
             seconds = predicted + time.perf_counter() - started
             scored = {}  # the shares' masks are nested: equal pixel counts are equal masks
             for share in shares:
