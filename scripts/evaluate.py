@@ -73,6 +73,9 @@ def build_parser():
                         help="drop foreground parts smaller than this share of the image's "
                              "pixels, e.g. 0.01; 0: none (default: the model's own, chosen on "
                              "validation by train.py --data)")
+    parser.add_argument("--min-hole", type=part_share, default=None, metavar="SHARE",
+                        help="fill holes smaller than this share of the image's pixels; 0: "
+                             "none (default: the model's own, chosen on validation by train.py)")
     parser.add_argument("--worst", type=non_negative, default=6, metavar="N",
                         help="rows of worst.png: images with the lowest IoU (0: no sheet)")
     parser.add_argument("--overwrite", action="store_true",
@@ -103,7 +106,8 @@ def main(argv=None) -> int:
         pairs = find_pairs(folder)
         methods = load_methods(
             model_path, args.baselines, threshold=args.threshold, resize=args.resize,
-            tta=args.tta, scales=args.scales, min_part=args.min_part, refine=args.refine,
+            tta=args.tta, scales=args.scales, min_part=args.min_part, min_hole=args.min_hole,
+            refine=args.refine,
         )
         print(f"evaluating {', '.join(methods)} on {len(pairs)} images in {folder}")
         rows = evaluate_folder(pairs, methods)

@@ -8,8 +8,9 @@ training run uses, is degraded step by step along three axes, identically for ev
   contrast      contrast scaled around the mean, from 1 (as drawn) down to 0.1
 
 plus one combined point, sigma 0.15 with 5% salt and pepper. Every model segments every image
-as `predict.py --model` does (with its own smallest part kept, unless --min-part says
-otherwise: --min-part 0 compares the networks' own masks); the outputs in --out are
+as `predict.py --model` does (with its own mask settings, unless --min-part, --min-hole or
+--refine/--no-refine say otherwise: `--min-part 0 --min-hole 0 --no-refine` compares the
+networks' own masks); the outputs in --out are
 
   results.csv   per model, axis and strength: per-image mean IoU, spurious parts, B0/B1 errors
   results.md    the same as Markdown tables
@@ -79,6 +80,11 @@ def build_parser():
     add("--min-part", type=part_share, default=None, metavar="SHARE",
         help="drop foreground parts smaller than this share of the image; 0: keep every part "
              "(default: each model's own)")
+    add("--min-hole", type=part_share, default=None, metavar="SHARE",
+        help="fill holes smaller than this share of the image; 0: fill none (default: each "
+             "model's own)")
+    add("--refine", action=argparse.BooleanOptionalAction, default=None,
+        help="refine the masks with GrabCut (default: each model's own setting)")
     add("--overwrite", action="store_true", help="replace an earlier report in --out")
     return parser
 
@@ -187,7 +193,8 @@ def main(argv=None) -> int:
             raise DataError(f"--names must give {len(args.models)} distinct names, got {names}")
         if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
             raise DataError(f"--out {args.out} is not empty; pass --overwrite to replace it")
-        methods = {name: model_method(load_segmenter(path), min_part=args.min_part)
+        finish = {"min_part": args.min_part, "min_hole": args.min_hole, "refine": args.refine}
+        methods = {name: model_method(load_segmenter(path), **finish)
                    for name, path in zip(names, args.models)}
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -34,9 +34,11 @@ scale: working size or tiling?
   A --data model also averages its predictions over the four flips (--tta) and over five
   scales around its working size (--scales 0.75,0.875,1,1.125,1.25), the range it was
   trained over; --no-tta and --scales 1 make one pass.
-  The threshold, too, is the model's own unless --threshold is given, and so is the smallest
-  foreground part kept: train.py chooses it on its validation images (parts below 0.25% to 2%
-  of the image, or none) and --min-part overrides it (--min-part 0 keeps every part).
+  The threshold, too, is the model's own unless --threshold is given, and so is how a mask
+  is finished: train.py chooses on its validation images whether to refine it with GrabCut
+  (--refine/--no-refine override it), the smallest foreground part kept (parts below 0.25% to
+  2% of the image, or none; --min-part 0 keeps every part) and the smallest hole left (holes
+  below 0.25% or 1% of the image filled, or none; --min-hole 0 fills none).
 """
 
 
@@ -87,6 +89,10 @@ def build_parser():
                         help="drop foreground parts smaller than this share of the image's "
                              "pixels, e.g. 0.01; 0: none (default: the model's own, chosen on "
                              "validation by train.py --data)")
+    parser.add_argument("--min-hole", type=part_share, default=None, metavar="SHARE",
+                        help="fill holes smaller than this share of the image's pixels, e.g. "
+                             "0.0025; 0: none (default: the model's own, chosen on validation "
+                             "by train.py)")
     parser.add_argument("--fill-holes", type=non_negative, default=0,
                         help="fill holes smaller than this many pixels (0: off)")
     parser.add_argument("--overwrite", action="store_true",
@@ -145,6 +151,7 @@ def main(argv=None):
         refine=args.refine,
         min_area=args.min_area,
         min_part=args.min_part,
+        min_hole=args.min_hole,
         fill_holes=args.fill_holes,
         tile=args.tile,
         overlap=args.overlap,

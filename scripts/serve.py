@@ -20,7 +20,8 @@ examples:
 endpoints:
   /                 the page: drop an image, see overlay and cut-out, move the threshold
   POST /api/segment multipart field "file"; ?output=mask|prob|overlay|cutout, threshold,
-                    tta, min_area, min_part, fill_holes; answers a PNG
+                    tta, min_area, min_part, min_hole, fill_holes, refine;
+                    answers a PNG
   GET /api/health   model, backend, input size multiple, default settings
   /docs             the API's OpenAPI documentation
 

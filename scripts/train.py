@@ -48,9 +48,11 @@ how long:
 The run folder gets config.json, model.keras (best validation IoU), history.csv,
 metrics.json (validation images segmented as predict.py segments them, at their own size)
 and TensorBoard logs/ (tensorboard --logdir runs). Last, training chooses on the validation
-images the smallest foreground part to keep (none, or 0.25% to 2% of the image: the share
-that scores best as IoU less 0.005 per stray part per image); the model remembers it
-(--min-part in predict.py overrides it)."""
+images how masks are finished: whether to refine them with GrabCut, the smallest foreground
+part to keep (none, or 0.25% to 2% of the image) and the smallest hole to leave unfilled
+(none filled, 0.25% or 1% of the image); the settings that score best as IoU less 0.005 per
+stray part and per wrong hole count per image. The model remembers them (--refine,
+--min-part and --min-hole in predict.py override them)."""
 
 
 def parse_args(argv):
@@ -148,6 +150,13 @@ def main(argv=None):
             f"foreground parts smaller than {results['min_part']:.2%} of the image are dropped "
             f"(chosen on validation: without, IoU {without['iou']:.4f}, "
             f"spurious {without['spurious']:.2f}/image)"
+        )
+    if results["min_hole"]:
+        without = results["without_min_hole"]
+        print(
+            f"holes smaller than {results['min_hole']:.2%} of the image are filled (chosen on "
+            f"validation: without, IoU {without['iou']:.4f}, wrong hole counts "
+            f"{without['b1_error']:.2f}/image)"
         )
     if results["refine"]:
         without = results["without_refine"]

@@ -13,10 +13,10 @@ exported models take any image size that the network takes, tiled or whole, exac
 `predict.py` feeds the `.keras` model.
 
 What prediction needs besides the network (`model.inference`: working size, threshold, flip
-and scale averaging, smallest part kept, GrabCut refinement; the size multiple) travels with
-the file: in ONNX's `metadata_props` under the key `segment`, as a JSON sidecar `<file>.json` beside a `.tflite`,
-in the OpenVINO model's `rt_info` under `segment`, and as `segment.json` inside a SavedModel
-folder.
+and scale averaging, smallest part kept, smallest hole left, GrabCut refinement; the size
+multiple) travels with the file: in ONNX's `metadata_props` under the key `segment`, as a JSON
+sidecar `<file>.json` beside a `.tflite`, in the OpenVINO model's `rt_info` under `segment`,
+and as `segment.json` inside a SavedModel folder.
 
 `load_exported(path)` opens an `.onnx` (onnxruntime), `.tflite` (LiteRT) or `.xml` (OpenVINO,
 with its `.bin` beside it) file as an object

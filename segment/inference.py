@@ -24,7 +24,8 @@ from typing import NamedTuple
 import cv2
 import keras
 import numpy as np
-from skimage.morphology import remove_small_holes, remove_small_objects
+from skimage.measure import label
+from skimage.morphology import remove_small_objects
 from tqdm import tqdm
 
 # Importing the package registers every custom class (layers, losses, optimizers, model), which
@@ -46,6 +47,7 @@ __all__ = [
     "finish_mask",
     "load_segmenter",
     "model_threshold",
+    "model_min_hole",
     "model_min_part",
     "model_refine",
     "model_to_use",
@@ -352,6 +354,12 @@ def model_min_part(model):
     return check_min_part(_inference_setting(model, "min_part"))
 
 
+def model_min_hole(model):
+    """The share of an image's pixels below which holes in a model's masks are filled by
+    default (`clean_mask`): its saved setting, or 0 (none)."""
+    return check_min_part(_inference_setting(model, "min_hole"))
+
+
 def check_min_part(min_part):
     """`min_part` as a float; ValueError unless it is a share in [0, 1)."""
     share = float(min_part)
@@ -387,7 +395,7 @@ def working_size(model):
 
 def predict_mask(
     model, image, *, threshold=None, refine=None, min_area=0, fill_holes=0, min_part=None,
-    **predict_options
+    min_hole=None, **predict_options
 ):
     """Binary foreground mask for one image, at the image's own size.
 
@@ -402,6 +410,8 @@ def predict_mask(
         fill_holes: fill background holes smaller than this many pixels. Defaults to 0 (off).
         min_part: remove foreground parts smaller than this share of the image's pixels.
             Defaults to the model's own (`model_min_part`; 0, off, unless training chose one).
+        min_hole: fill holes smaller than this share of the image's pixels. Defaults to the
+            model's own (`model_min_hole`; 0, off, unless training chose one).
         **predict_options: passed to `predict_probability` (`tile`, `overlap`, `tta`, ...).
 
     Returns:
@@ -410,13 +420,13 @@ def predict_mask(
     probability = predict_probability(model, image, **predict_options)
     return finish_mask(
         model, image, probability, threshold=threshold, refine=refine, min_area=min_area,
-        fill_holes=fill_holes, min_part=min_part,
+        fill_holes=fill_holes, min_part=min_part, min_hole=min_hole,
     )
 
 
 def finish_mask(
     model, image, probability, *, threshold=None, refine=None, min_area=0, fill_holes=0,
-    min_part=None,
+    min_part=None, min_hole=None,
 ):
     """The mask of `image` from its predicted `probability`: thresholded, refined with GrabCut
     if asked, and cleaned (`clean_mask`). The options are `predict_mask`'s; None takes the
@@ -424,11 +434,14 @@ def finish_mask(
     threshold = model_threshold(model) if threshold is None else threshold
     refine = model_refine(model) if refine is None else refine
     min_part = model_min_part(model) if min_part is None else min_part
+    min_hole = model_min_hole(model) if min_hole is None else min_hole
     if refine:
         mask = refine_mask(image, probability, threshold=threshold)
     else:
         mask = probability > threshold
-    return clean_mask(mask, min_area=min_area, fill_holes=fill_holes, min_part=min_part)
+    return clean_mask(
+        mask, min_area=min_area, fill_holes=fill_holes, min_part=min_part, min_hole=min_hole
+    )
 
 
 def refine_mask(image, probability, *, threshold=0.5):
@@ -481,30 +494,45 @@ def refine_mask(image, probability, *, threshold=0.5):
     return refined
 
 
-def clean_mask(mask, *, min_area=0, fill_holes=0, min_part=0.0):
+def clean_mask(mask, *, min_area=0, fill_holes=0, min_part=0.0, min_hole=0.0):
     """Drop foreground parts (8-connected) smaller than `min_area` pixels or than `min_part`
-    of the mask's pixels, then fill holes (4-connected) smaller than `fill_holes` pixels;
-    0 leaves the mask as it is."""
+    of the mask's pixels, then fill holes smaller than `fill_holes` pixels or than `min_hole`
+    of the mask's pixels; 0 leaves the mask as it is.
+
+    A hole is what `segment.metrics.b1_error` counts: a 4-connected background region that
+    does not reach the image's edge.
+    """
     min_area = max(min_area, math.ceil(check_min_part(min_part) * mask.size))
     if min_area > 1:
         mask = remove_small_objects(
-            mask, connectivity=2, **_area_argument(remove_small_objects, min_area)
+            mask, connectivity=2, **_area_argument(min_area)
         )
-    if fill_holes > 0:
-        mask = remove_small_holes(mask, **_area_argument(remove_small_holes, fill_holes))
+    fill_holes = max(fill_holes, math.ceil(check_min_part(min_hole) * mask.size))
+    if fill_holes > 1:
+        mask = _fill_small_holes(mask, fill_holes)
     return mask
 
 
-def _area_argument(function, area):
-    """Keyword for "smaller than `area` pixels" in both the scikit-image < 0.26 and 0.26+ API.
+def _fill_small_holes(mask, area):
+    """`mask` with its holes of fewer than `area` pixels filled."""
+    background = label(~mask, connectivity=1)
+    small = np.bincount(background.ravel()) < area
+    small[0] = False  # foreground
+    edge = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
+    small[edge] = False
+    return mask | small[background]
 
-    0.26 replaced `min_size`/`area_threshold` (remove sizes < value) by `max_size` (remove
-    sizes <= value) and deprecated the old names.
+
+def _area_argument(area):
+    """`remove_small_objects`'s keyword for "smaller than `area` pixels", in both the
+    scikit-image < 0.26 and 0.26+ API.
+
+    0.26 replaced `min_size` (remove sizes < value) by `max_size` (remove sizes <= value) and
+    deprecated the old name.
     """
-    if "max_size" in inspect.signature(function).parameters:
+    if "max_size" in inspect.signature(remove_small_objects).parameters:
         return {"max_size": area - 1}
-    old_name = "min_size" if function is remove_small_objects else "area_threshold"
-    return {old_name: area}
+    return {"min_size": area}
 
 
 def _as_rgb(image):
@@ -785,6 +813,7 @@ def segment_files(
     min_area=0,
     fill_holes=0,
     min_part=None,
+    min_hole=None,
     **predict_options,
 ):
     """Segment image files and write their outputs, carrying on past bad files.
@@ -804,6 +833,7 @@ def segment_files(
         min_area: see `predict_mask`. Defaults to 0 (off).
         fill_holes: see `predict_mask`. Defaults to 0 (off).
         min_part: see `predict_mask`. Defaults to the model's own.
+        min_hole: see `predict_mask`. Defaults to the model's own.
         **predict_options: passed to `predict_probability` (`tile`, `overlap`, `tta`, ...).
 
     Returns:
@@ -814,7 +844,7 @@ def segment_files(
         raise ValueError(f"Unknown output kinds {sorted(unknown)}; expected {OUTPUT_KINDS}")
     paths = [Path(path) for path in paths]
     finish = dict(threshold=threshold, refine=refine, min_area=min_area, fill_holes=fill_holes,
-                  min_part=min_part)
+                  min_part=min_part, min_hole=min_hole)
     inputs = {path.resolve() for path in paths}
     written_by = {}  # output file -> the input it was written for, in this run
     done, failed = [], []

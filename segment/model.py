@@ -12,7 +12,7 @@ __all__ = ["DEFAULT_INFERENCE", "FULL_RESOLUTION_CHOICES", "SegmentationModel", 
 # What a saved model tells prediction, unless training recorded otherwise.
 DEFAULT_INFERENCE = {
     "working_size": None, "threshold": 0.5, "tta": False, "scales": [1.0], "min_part": 0.0,
-    "refine": False,
+    "refine": False, "min_hole": 0.0,
 }
 
 # What build_model's full-resolution level can be.
@@ -59,7 +59,9 @@ class SegmentationModel(keras.Model):
             over the four flips), `scales` (factors of the working size, or of the image's
             own size, to predict at and average over), `min_part` (foreground parts,
             8-connected, smaller than this share of the image's pixels are dropped from the
-            mask), `refine` (refine the mask with GrabCut on the image's colours,
+            mask), `min_hole` (holes in the foreground, 4-connected background regions
+            that do not reach the image's edge, smaller than this share of the image's pixels
+            are filled), `refine` (refine the mask with GrabCut on the image's colours,
             `segment.inference.refine_mask`). Defaults to `DEFAULT_INFERENCE`.
     """
 

@@ -4,8 +4,8 @@
 
 - `POST /api/segment`: a multipart upload in the form field `file` (as rembg's server takes
   it); query options `output` (mask, prob, overlay, cutout), `threshold`, `tta`, `min_area`,
-  `min_part`, `fill_holes`, `refine`; answers a PNG. The segmentation is `segment.inference`'s, as
-  `predict.py` runs it.
+  `min_part`, `min_hole`, `fill_holes`, `refine`; answers a PNG. The segmentation is
+  `segment.inference`'s, as `predict.py` runs it.
 - `GET /api/health`: the model's name, input size multiple, backend and inference settings.
 - `GET /`: one self-contained page (no external resources): drop an image, see the overlay
   and the cut-out side by side, move a threshold slider, download the mask or the cut-out.
@@ -37,6 +37,7 @@ from segment.imageio import DataError, decode_image, encode_png
 from segment.inference import (
     OUTPUT_KINDS,
     finish_mask,
+    model_min_hole,
     model_min_part,
     model_refine,
     model_scales,
@@ -195,6 +196,7 @@ def create_app(
             "tta": model_tta(model),
             "scales": list(model_scales(model)),
             "min_part": model_min_part(model),
+            "min_hole": model_min_hole(model),
             "refine": model_refine(model),
             "max_upload_bytes": max_upload_bytes,
             "max_pixels": max_pixels,
@@ -225,6 +227,10 @@ def create_app(
             description="drop foreground parts smaller than this share of the image "
             "(default: the model's)",
         ),
+        min_hole: float | None = Query(
+            None, ge=0, lt=1,
+            description="fill holes smaller than this share of the image (default: the model's)",
+        ),
         fill_holes: int = Query(0, ge=0, description="fill holes smaller than this"),
         refine: bool | None = Query(
             None, description="refine the mask with GrabCut on the image (default: the model's)"
@@ -252,7 +258,7 @@ def create_app(
                     probability = predict_probability(model, image, **options)
             mask = finish_mask(
                 model, image, probability, threshold=threshold, refine=refine,
-                min_area=min_area, fill_holes=fill_holes, min_part=min_part,
+                min_area=min_area, fill_holes=fill_holes, min_part=min_part, min_hole=min_hole,
             )
             png = encode_png(render_output(output, image, probability, mask))
             del image, probability, mask

@@ -61,15 +61,16 @@ def test_report_has_every_model_axis_and_strength(model_paths, tmp_path, capsys)
     assert "distinct" in capsys.readouterr().err
 
 
-def test_min_part_reaches_every_model(model_paths, tmp_path, monkeypatch):
-    # Each model segments with its own smallest part unless --min-part says otherwise.
+def test_mask_settings_reach_every_model(model_paths, tmp_path, monkeypatch):
+    # Each model finishes its masks with its own settings unless the flags say otherwise.
     options = []
     method = robustness.model_method
     monkeypatch.setattr(robustness, "model_method",
                         lambda model, **given: options.append(given) or method(model, **given))
     argv = ["--models", *map(str, model_paths), "--count", "1", "--size", "32"]
     assert robustness.main(argv + ["--out", str(tmp_path / "own")]) == 0
-    assert options == [{"min_part": None}] * 2
+    assert options == [{"min_part": None, "min_hole": None, "refine": None}] * 2
     options.clear()
-    assert robustness.main(argv + ["--min-part", "0", "--out", str(tmp_path / "all")]) == 0
-    assert options == [{"min_part": 0.0}] * 2
+    raw = ["--min-part", "0", "--min-hole", "0", "--no-refine"]
+    assert robustness.main(argv + raw + ["--out", str(tmp_path / "all")]) == 0
+    assert options == [{"min_part": 0.0, "min_hole": 0.0, "refine": False}] * 2

@@ -25,7 +25,7 @@ export_script = load_script("export")
 predict_script = load_script("predict")
 INFERENCE = {
     "working_size": None, "threshold": 0.4, "tta": True, "scales": [1.0], "min_part": 0.01,
-    "refine": False,
+    "refine": False, "min_hole": 0.005,
 }
 
 

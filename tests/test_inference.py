@@ -6,6 +6,7 @@ import cv2
 import keras
 import numpy as np
 import pytest
+from scipy import ndimage
 from skimage import measure
 
 from segment.imageio import DataError
@@ -302,6 +303,31 @@ def test_clean_mask_removes_specks_and_holes_below_the_given_areas(
     assert cleaned[1, 2] == speck_kept
     assert (not cleaned[7, 7]) == hole_kept
     assert cleaned[5, 5]  # the object itself stays
+
+
+def test_clean_mask_fills_holes_as_scipy_does_and_not_gaps_open_to_the_edge():
+    # A hole is background enclosed by foreground (4-connected, as segment.metrics counts
+    # holes); scipy.ndimage.binary_fill_holes fills every one of them.
+    rng = np.random.default_rng(0)
+    blobs = ndimage.gaussian_filter(rng.random((60, 80)), 2) > 0.5
+    assert ndimage.binary_fill_holes(blobs).sum() > blobs.sum()  # it has holes to fill
+    np.testing.assert_array_equal(clean_mask(blobs, fill_holes=blobs.size),
+                                  ndimage.binary_fill_holes(blobs))
+    np.testing.assert_array_equal(clean_mask(blobs, min_hole=0.999),
+                                  ndimage.binary_fill_holes(blobs))
+    # A 3-pixel notch cut open by the image's edge is not a hole, however small.
+    notch = np.ones((10, 10), bool)
+    notch[0, 4:7] = False
+    np.testing.assert_array_equal(clean_mask(notch, fill_holes=100), notch)
+    # Holes below the share are filled, larger ones stay: 4 and 9 pixels of 400.
+    mask = np.ones((20, 20), bool)
+    mask[3:5, 3:5] = False
+    mask[10:13, 10:13] = False
+    assert clean_mask(mask, min_hole=0.02).sum() == 400 - 9  # 2% is 8 pixels
+    assert clean_mask(mask, min_hole=0.0225).sum() == 400 - 9  # 9 pixels is 2.25%: kept
+    assert clean_mask(mask, min_hole=0.023).sum() == 400
+    with pytest.raises(ValueError, match="share"):
+        clean_mask(mask, min_hole=1.0)
 
 
 def test_clean_mask_drops_parts_below_a_share_of_the_image():

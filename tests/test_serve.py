@@ -59,7 +59,7 @@ def test_health_names_the_model_and_its_settings(client):
     info = client.get("/api/health").json()
     assert info["model"] == "segmenter" and info["backend"] == "keras"
     assert info["input_multiple"] == 4 and info["threshold"] == 0.5 and info["tta"] is False
-    assert info["min_part"] == 0.0 and info["refine"] is False
+    assert info["min_part"] == 0.0 and info["min_hole"] == 0.0 and info["refine"] is False
     assert info["max_upload_bytes"] == LIMIT_BYTES and info["max_pixels"] == LIMIT_PIXELS
 
 
@@ -89,6 +89,9 @@ def test_threshold_tta_and_clean_up_options(client, model, photo):
     # min_part: parts below that share of the image's pixels go (10% of 45 x 70 is 315).
     cleaned = clean_mask(predict_probability(model, image) > 0.5, min_area=315)
     np.testing.assert_array_equal(_picture(_post(client, data, min_part=0.1)) > 0, cleaned)
+    # min_hole: holes below that share are filled (2% of 45 x 70 is 63 pixels).
+    cleaned = clean_mask(predict_probability(model, image) > 0.5, fill_holes=63)
+    np.testing.assert_array_equal(_picture(_post(client, data, min_hole=0.02)) > 0, cleaned)
 
 
 @pytest.mark.parametrize(
@@ -104,6 +107,7 @@ def test_threshold_tta_and_clean_up_options(client, model, photo):
         (lambda c, d: _post(c, d, threshold=2), 422, "threshold"),
         (lambda c, d: _post(c, d, min_area=-1), 422, "min_area"),
         (lambda c, d: _post(c, d, min_part=1), 422, "min_part"),
+        (lambda c, d: _post(c, d, min_hole=-0.1), 422, "min_hole"),
     ],
 )
 def test_bad_requests_get_a_json_error_and_no_traceback(client, photo, make, status, message):

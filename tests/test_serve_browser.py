@@ -7,6 +7,7 @@ unchanged outside the mask and tinted inside it. CI installs Debian's `chromium`
 SEGMENT_REQUIRE_BROWSER=1, so there the test cannot be skipped.
 """
 
+import contextlib
 import io
 import os
 import shutil
@@ -29,10 +30,12 @@ import httpx  # noqa: E402
 import keras  # noqa: E402
 import uvicorn  # noqa: E402
 from PIL import Image  # noqa: E402
+from scipy import ndimage  # noqa: E402
 from skimage import measure  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from segment.imageio import encode_png  # noqa: E402
+from segment.inference import clean_mask  # noqa: E402
 from segment.model import build_model  # noqa: E402
 from segment.serve import create_app  # noqa: E402
 
@@ -57,6 +60,22 @@ def server():
     thread.join(10)
 
 
+@contextlib.contextmanager
+def _page(server):
+    """The page, open in headless Chromium, once it has read the model's settings."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(server)
+            page.wait_for_function(
+                "document.getElementById('model').textContent.includes('segmenter')"
+            )
+            yield page
+        finally:
+            browser.close()
+
+
 def _image():
     rng = np.random.default_rng(3)
     image = (rng.random((48, 64, 3)) * 80).astype(np.uint8)
@@ -79,31 +98,24 @@ def test_upload_shows_overlay_and_mask_that_match_the_api(server, tmp_path):
     second, largest = np.sort(sizes)[-2:]
     model.inference["min_part"] = (second + largest) / 2 / labels.size
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.goto(server)
-            page.wait_for_function("document.getElementById('model').textContent.includes('segmenter')")
-            page.set_input_files("#file", str(path))
-            page.wait_for_selector("body[data-state=ready]", timeout=30_000)
-            threshold = float(page.input_value("#threshold"))
-            pixels = page.evaluate(
-                """() => ['mask', 'overlay'].map((id) => {
-                    const canvas = document.getElementById(id);
-                    const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-                    return [canvas.width, canvas.height, Array.from(data)];
-                })"""
-            )
-            assert page.get_attribute("#download-mask", "aria-disabled") == "false"
-            # Moving the slider to 1 empties the mask without another request.
-            page.fill("#threshold", "1")
-            empty = page.evaluate(
-                "() => Array.from(document.getElementById('mask').getContext('2d')"
-                ".getImageData(0, 0, 64, 48).data).some((v, i) => i % 4 == 0 && v > 0)"
-            )
-        finally:
-            browser.close()
+    with _page(server) as page:
+        page.set_input_files("#file", str(path))
+        page.wait_for_selector("body[data-state=ready]", timeout=30_000)
+        threshold = float(page.input_value("#threshold"))
+        pixels = page.evaluate(
+            """() => ['mask', 'overlay'].map((id) => {
+                const canvas = document.getElementById(id);
+                const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+                return [canvas.width, canvas.height, Array.from(data)];
+            })"""
+        )
+        assert page.get_attribute("#download-mask", "aria-disabled") == "false"
+        # Moving the slider to 1 empties the mask without another request.
+        page.fill("#threshold", "1")
+        empty = page.evaluate(
+            "() => Array.from(document.getElementById('mask').getContext('2d')"
+            ".getImageData(0, 0, 64, 48).data).some((v, i) => i % 4 == 0 && v > 0)"
+        )
 
     (width, height, mask), (_, _, overlay) = pixels
     assert (width, height) == (64, 48)
@@ -141,23 +153,39 @@ def test_a_refining_model_shows_the_servers_refined_mask(server, tmp_path):
             f"{server}/api/segment", params={"output": "mask", "refine": "false"}, files=upload
         ).content))) > 0
         assert not np.array_equal(refined, plain)  # the refinement changes this mask
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            try:
-                page = browser.new_page()
-                page.goto(server)
-                page.wait_for_function(
-                    "document.getElementById('model').textContent.includes('segmenter')"
-                )
-                page.set_input_files("#file", str(path))
-                page.wait_for_selector("body[data-state=ready]", timeout=30_000)
-                shown = page.evaluate(
-                    "() => Array.from(document.getElementById('mask').getContext('2d')"
-                    ".getImageData(0, 0, 64, 48).data)"
-                )
-            finally:
-                browser.close()
+        with _page(server) as page:
+            page.set_input_files("#file", str(path))
+            page.wait_for_selector("body[data-state=ready]", timeout=30_000)
+            shown = page.evaluate(
+                "() => Array.from(document.getElementById('mask').getContext('2d')"
+                ".getImageData(0, 0, 64, 48).data)"
+            )
     finally:
         model.inference.update(saved)
     shown = np.array(shown, dtype=np.uint8).reshape(48, 64, 4)[..., 0] > 0
     np.testing.assert_array_equal(shown, refined)
+
+
+def test_the_pages_clean_up_is_the_servers(server):
+    # The page drops small parts and fills small holes itself, as slider previews need; on
+    # random blobs with parts and holes of every size, it must give clean_mask's mask.
+    server, _ = server
+    rng = np.random.default_rng(5)
+    blobs = ndimage.gaussian_filter(rng.random((48, 64)), 1.5) > 0.5
+    assert clean_mask(blobs, min_part=0.01, min_hole=0.01).sum() != blobs.sum()
+    with _page(server) as page:
+        cleaned = {
+            shares: page.evaluate(
+                """([inside, part, hole]) => {
+                    [minPart, minHole] = [part, hole];
+                    const mask = Uint8Array.from(inside);
+                    cleanMask(mask, 64, 48);
+                    return Array.from(mask);
+                }""",
+                [blobs.astype(int).ravel().tolist(), *shares],
+            )
+            for shares in ((0.01, 0.0), (0.0, 0.01), (0.003, 0.02))
+        }
+    for (part, hole), mask in cleaned.items():
+        expected = clean_mask(blobs, min_part=part, min_hole=hole)
+        np.testing.assert_array_equal(np.array(mask, bool).reshape(48, 64), expected)

@@ -50,7 +50,7 @@ def test_train_warns_when_the_run_collapsed_to_an_empty_mask(train_script, tmp_p
     # says so and names the rate to lower; a working run does not.
     (tmp_path / "config.json").write_text(json.dumps({"lr": 0.5}))
     results = {"iou": 0.0, "dice": 0.0, "spurious": 0.0, "b0_error": 1.0, "train_seconds": 1.0,
-               "min_part": 0.0, "refine": False, "stopped_early": False}
+               "min_part": 0.0, "min_hole": 0.0, "refine": False, "stopped_early": False}
     monkeypatch.setattr(train_script, "train", lambda config, **kwargs: (tmp_path, dict(results)))
     assert train_script.main(["--epochs", "1"]) == 0
     error = capsys.readouterr().err
@@ -85,7 +85,8 @@ def test_train_on_an_image_mask_folder_reports_what_prediction_delivers(train_sc
     model = load_segmenter(out / "model.keras")
     assert model.inference == {"working_size": 32, "threshold": 0.5, "tta": True,
                                "scales": [0.75, 0.875, 1.0, 1.125, 1.25],  # DATA_SCALES
-                               "min_part": results["min_part"], "refine": results["refine"]}
+                               "min_part": results["min_part"], "refine": results["refine"],
+                               "min_hole": results["min_hole"]}
     scores, at_working_size = [], []
     for image_path, mask_path in val_pairs:
         image, truth = data.read_pair(image_path, mask_path)
@@ -179,6 +180,31 @@ def test_training_keeps_the_part_size_worth_most_in_iou_and_stray_parts(
         assert results["min_part"] == kept
         assert results["iou"] == pytest.approx(dropped_iou if kept else kept_iou)
         assert results["without_min_part"]["spurious"] == strays / 2
+
+
+def test_training_fills_the_holes_validation_shows_are_pinholes(tmp_path, monkeypatch):
+    # Image a: predicted with two 4-pixel pinholes its truth lacks; image b: a true hole of
+    # 36 pixels (0.36% of the image), predicted as it is. Filling holes below 0.25% (25
+    # pixels) mends a and leaves b; below 1% would fill b's true hole too.
+    square = np.zeros((100, 100), bool)
+    square[20:60, 20:60] = True
+    pierced = square.copy()
+    pierced[30:32, 30:32] = pierced[40:42, 45:47] = False
+    ring = square.copy()
+    ring[37:43, 37:43] = False
+    images = [np.full((100, 100, 3), value, np.float32) for value in (0.0, 1.0)]
+    predicted = {0.0: pierced, 1.0: ring}
+    monkeypatch.setattr(training, "predict_probability",
+                        lambda model, image: predicted[float(image[0, 0, 0])].astype(np.float32))
+    path = tmp_path / "model.keras"
+    _saved_tiny_model(path)
+
+    results = training._validation_metrics(path, [("a", images[0], square), ("b", images[1], ring)])
+    assert results["min_hole"] == 0.0025 and results["min_part"] == 0.0
+    assert results["iou"] == 1.0 and results["b1_error"] == 0.0
+    assert results["without_min_hole"]["iou"] == pytest.approx((1592 / 1600 + 1) / 2)
+    assert results["without_min_hole"]["b1_error"] == 1.0  # two wrong holes over two images
+    assert keras.saving.load_model(path, safe_mode=True).inference["min_hole"] == 0.0025
 
 
 def test_training_refines_masks_with_grabcut_where_validation_gains(tmp_path, monkeypatch):
