@@ -14,7 +14,6 @@ Typical use:
 """
 
 import glob
-import inspect
 import math
 import re
 import sys
@@ -24,8 +23,6 @@ from typing import NamedTuple
 import cv2
 import keras
 import numpy as np
-from skimage.measure import label
-from skimage.morphology import remove_small_objects
 from tqdm import tqdm
 
 # Importing the package registers every custom class (layers, losses, optimizers, model), which
@@ -502,37 +499,31 @@ def clean_mask(mask, *, min_area=0, fill_holes=0, min_part=0.0, min_hole=0.0):
     A hole is what `segment.metrics.b1_error` counts: a 4-connected background region that
     does not reach the image's edge.
     """
+    mask = np.ascontiguousarray(mask, dtype=bool)
     min_area = max(min_area, math.ceil(check_min_part(min_part) * mask.size))
     if min_area > 1:
-        mask = remove_small_objects(
-            mask, connectivity=2, **_area_argument(min_area)
-        )
+        labels, areas = _regions(mask, connectivity=8)
+        kept = areas >= min_area
+        kept[0] = False  # the background
+        mask = kept[labels]
     fill_holes = max(fill_holes, math.ceil(check_min_part(min_hole) * mask.size))
     if fill_holes > 1:
-        mask = _fill_small_holes(mask, fill_holes)
+        labels, areas = _regions(~mask, connectivity=4)
+        filled = areas < fill_holes
+        filled[0] = False  # the foreground
+        filled[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = False
+        mask = mask | filled[labels]
     return mask
 
 
-def _fill_small_holes(mask, area):
-    """`mask` with its holes of fewer than `area` pixels filled."""
-    background = label(~mask, connectivity=1)
-    small = np.bincount(background.ravel()) < area
-    small[0] = False  # foreground
-    edge = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
-    small[edge] = False
-    return mask | small[background]
-
-
-def _area_argument(area):
-    """`remove_small_objects`'s keyword for "smaller than `area` pixels", in both the
-    scikit-image < 0.26 and 0.26+ API.
-
-    0.26 replaced `min_size` (remove sizes < value) by `max_size` (remove sizes <= value) and
-    deprecated the old name.
-    """
-    if "max_size" in inspect.signature(remove_small_objects).parameters:
-        return {"max_size": area - 1}
-    return {"min_size": area}
+def _regions(mask, *, connectivity):
+    """`(labels, areas)` of the connected regions of True pixels: label 0 for the False
+    pixels, `areas[label]` pixels in each (OpenCV: int32 labels, a quarter of the memory of
+    scikit-image's int64 on a 64-megapixel mask)."""
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(
+        mask.view(np.uint8), connectivity=connectivity, ltype=cv2.CV_32S
+    )
+    return labels, stats[:, cv2.CC_STAT_AREA]
 
 
 def _as_rgb(image):

@@ -305,6 +305,21 @@ def test_clean_mask_removes_specks_and_holes_below_the_given_areas(
     assert cleaned[5, 5]  # the object itself stays
 
 
+def test_clean_mask_drops_parts_as_scikit_image_labels_them():
+    # Foreground parts are 8-connected (touching at a corner is one part): the reference is
+    # skimage.measure.label's parts and their sizes.
+    rng = np.random.default_rng(1)
+    blobs = ndimage.gaussian_filter(rng.random((60, 80)), 1.5) > 0.55
+    labels = measure.label(blobs, connectivity=2)
+    sizes = np.bincount(labels.ravel())
+    assert len(np.unique(sizes[1:])) > 5  # parts of many sizes
+    for area in (2, 5, 20, 60):
+        expected = (sizes >= area)[labels] & blobs
+        np.testing.assert_array_equal(clean_mask(blobs, min_area=area), expected)
+    assert not clean_mask(np.zeros((5, 5), bool), min_area=3, fill_holes=3).any()
+    assert clean_mask(np.ones((5, 5), bool), min_area=3, fill_holes=3).all()
+
+
 def test_clean_mask_fills_holes_as_scipy_does_and_not_gaps_open_to_the_edge():
     # A hole is background enclosed by foreground (4-connected, as segment.metrics counts
     # holes); scipy.ndimage.binary_fill_holes fills every one of them.
