@@ -94,7 +94,8 @@ def build_parser():
                              "0.0025; 0: none (default: the model's own, chosen on validation "
                              "by train.py)")
     parser.add_argument("--fill-holes", type=non_negative, default=0,
-                        help="fill holes smaller than this many pixels (0: off)")
+                        help="fill holes smaller than this many pixels (0: off); a hole is "
+                             "background enclosed by foreground, not a gap open to the edge")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace outputs that already exist in --out")
     parser.add_argument("--allow-input-dir", action="store_true",

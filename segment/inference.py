@@ -498,8 +498,18 @@ def clean_mask(mask, *, min_area=0, fill_holes=0, min_part=0.0, min_hole=0.0):
 
     A hole is what `segment.metrics.b1_error` counts: a 4-connected background region that
     does not reach the image's edge.
+
+    Args:
+        mask: `(height, width)` array, nonzero for foreground.
+
+    Returns:
+        bool array `(height, width)`.
     """
     mask = np.ascontiguousarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        raise ValueError(f"Expected a (height, width) mask, got shape {mask.shape}")
+    if mask.size == 0:
+        return mask
     min_area = max(min_area, math.ceil(check_min_part(min_part) * mask.size))
     if min_area > 1:
         labels, areas = _regions(mask, connectivity=8)

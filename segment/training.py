@@ -697,7 +697,7 @@ def _validation_metrics(model_path, samples):
     cleanings = [(part, hole) for part in (0.0, *MIN_PARTS) for hole in (0.0, *MIN_HOLES)]
     options = [(refine, *cleaning) for refine in (False, True) for cleaning in cleanings]
     scores = {option: [] for option in options}
-    kept = []  # per image: its truth, and the mask and seconds with and without refinement
+    kept = []  # per image, packed: its truth, and its masks (and seconds) without and with refining
     for index, (name, image, truth) in enumerate(samples):
         if index == 0:
             predict_probability(model, image)  # traces the prediction graph, untimed
@@ -717,7 +717,7 @@ def _validation_metrics(model_path, samples):
                 if key not in scored:
                     scored[key] = [metric(cleaned, truth) for metric in (iou, spurious, b1_error)]
                 scores[(refine, part, hole)].append(scored[key])
-        kept.append((name, truth, made))
+        kept.append((name, truth.shape, np.packbits(truth), made))
     means = {option: np.mean(scores[option], axis=0) for option in options}
     worth = {option: iou_mean - STRAY_PART_PRICE * (spurious_mean + holes_mean)
              for option, (iou_mean, spurious_mean, holes_mean) in means.items()}
@@ -726,10 +726,10 @@ def _validation_metrics(model_path, samples):
         model.inference.update({"refine": refine, "min_part": part, "min_hole": hole})
         _save_atomically(model, model_path)
     rows = []
-    for name, truth, made in kept:
+    for name, shape, truth, made in kept:
         packed, seconds = made[refine]
-        mask = np.unpackbits(packed, count=truth.size).reshape(truth.shape).astype(bool)
-        mask = clean_mask(mask, min_part=part, min_hole=hole)
+        mask = clean_mask(_unpack(packed, shape), min_part=part, min_hole=hole)
+        truth = _unpack(truth, shape)
         rows.append({"method": "model", "file": name, **evaluate_masks(mask, truth),
                      "seconds": seconds})
     results = summarize(rows)["model"]
@@ -741,6 +741,11 @@ def _validation_metrics(model_path, samples):
                          ("without_refine", (False, part, hole))):
         results[name] = dict(zip(("iou", "spurious", "b1_error"), map(float, means[option])))
     return results
+
+
+def _unpack(packed, shape):
+    """The bool array of `shape` that `np.packbits` packed."""
+    return np.unpackbits(packed, count=math.prod(shape)).reshape(shape) > 0
 
 
 def _save_atomically(model, model_path):

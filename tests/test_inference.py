@@ -318,6 +318,9 @@ def test_clean_mask_drops_parts_as_scikit_image_labels_them():
         np.testing.assert_array_equal(clean_mask(blobs, min_area=area), expected)
     assert not clean_mask(np.zeros((5, 5), bool), min_area=3, fill_holes=3).any()
     assert clean_mask(np.ones((5, 5), bool), min_area=3, fill_holes=3).all()
+    assert clean_mask(np.zeros((0, 5), bool), min_area=3, fill_holes=3).shape == (0, 5)
+    with pytest.raises(ValueError, match="height, width"):
+        clean_mask(np.ones((5, 5, 1), bool), min_area=3)
 
 
 def test_clean_mask_fills_holes_as_scipy_does_and_not_gaps_open_to_the_edge():

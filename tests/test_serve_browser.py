@@ -168,24 +168,33 @@ def test_a_refining_model_shows_the_servers_refined_mask(server, tmp_path):
 
 def test_the_pages_clean_up_is_the_servers(server):
     # The page drops small parts and fills small holes itself, as slider previews need; on
-    # random blobs with parts and holes of every size, it must give clean_mask's mask.
+    # random blobs with parts and holes of every size, it must give clean_mask's mask. And
+    # at 610 x 40, 0.25% of the image is 61 pixels exactly, where (0.0025 * 610) * 40 rounds
+    # up to 62: a part and a hole of 61 pixels stay.
     server, _ = server
     rng = np.random.default_rng(5)
     blobs = ndimage.gaussian_filter(rng.random((48, 64)), 1.5) > 0.5
     assert clean_mask(blobs, min_part=0.01, min_hole=0.01).sum() != blobs.sum()
+    strip = np.zeros((40, 610), bool)
+    strip[5, 10:71] = True  # a part of 61 pixels
+    strip[10:30, 100:300] = True
+    strip[15, 120:181] = False  # a hole of 61 pixels
+    cases = [(blobs, shares) for shares in ((0.01, 0.0), (0.0, 0.01), (0.003, 0.02))]
+    cases.append((strip, (0.0025, 0.0025)))
     with _page(server) as page:
-        cleaned = {
-            shares: page.evaluate(
-                """([inside, part, hole]) => {
+        cleaned = [
+            page.evaluate(
+                """([inside, width, height, part, hole]) => {
                     [minPart, minHole] = [part, hole];
                     const mask = Uint8Array.from(inside);
-                    cleanMask(mask, 64, 48);
+                    cleanMask(mask, width, height);
                     return Array.from(mask);
                 }""",
-                [blobs.astype(int).ravel().tolist(), *shares],
+                [mask.astype(int).ravel().tolist(), mask.shape[1], mask.shape[0], *shares],
             )
-            for shares in ((0.01, 0.0), (0.0, 0.01), (0.003, 0.02))
-        }
-    for (part, hole), mask in cleaned.items():
-        expected = clean_mask(blobs, min_part=part, min_hole=hole)
-        np.testing.assert_array_equal(np.array(mask, bool).reshape(48, 64), expected)
+            for mask, shares in cases
+        ]
+    for (mask, (part, hole)), got in zip(cases, cleaned):
+        expected = clean_mask(mask, min_part=part, min_hole=hole)
+        np.testing.assert_array_equal(np.array(got, bool).reshape(mask.shape), expected)
+    np.testing.assert_array_equal(clean_mask(strip, min_part=0.0025, min_hole=0.0025), strip)
