@@ -72,7 +72,7 @@ def build_parser():
     parser.add_argument("--min-part", type=part_share, default=None, metavar="SHARE",
                         help="drop foreground parts smaller than this share of the image's "
                              "pixels, e.g. 0.01; 0: none (default: the model's own, chosen on "
-                             "validation by train.py --data)")
+                             "validation by train.py)")
     parser.add_argument("--min-hole", type=part_share, default=None, metavar="SHARE",
                         help="fill holes smaller than this share of the image's pixels; 0: "
                              "none (default: the model's own, chosen on validation by train.py)")
