@@ -694,8 +694,8 @@ def _validation_metrics(model_path, samples):
     """
     # Loaded compiled, as the checkpoint was saved, so that it can be saved again as it was.
     model = keras.saving.load_model(model_path, safe_mode=True)
-    cleanings = [(part, hole) for part in (0.0, *MIN_PARTS) for hole in (0.0, *MIN_HOLES)]
-    options = [(refine, *cleaning) for refine in (False, True) for cleaning in cleanings]
+    parts, holes = (0.0, *MIN_PARTS), (0.0, *MIN_HOLES)
+    options = [(refine, part, hole) for refine in (False, True) for part in parts for hole in holes]
     scores = {option: [] for option in options}
     kept = []  # per image, packed: its truth, and its masks (and seconds) without and with refining
     for index, (name, image, truth) in enumerate(samples):
@@ -711,12 +711,14 @@ def _validation_metrics(model_path, samples):
                                min_hole=0.0)
             made[refine] = (np.packbits(mask), predicted + time.perf_counter() - started)
             scored = {}  # the same mask from different settings is scored once
-            for part, hole in cleanings:
-                cleaned = clean_mask(mask, min_part=part, min_hole=hole)
-                key = np.packbits(cleaned).tobytes()
-                if key not in scored:
-                    scored[key] = [metric(cleaned, truth) for metric in (iou, spurious, b1_error)]
-                scores[(refine, part, hole)].append(scored[key])
+            for part in parts:
+                dropped = clean_mask(mask, min_part=part)  # as clean_mask does: parts, then holes
+                for hole in holes:
+                    cleaned = clean_mask(dropped, min_hole=hole)
+                    key = np.packbits(cleaned).tobytes()
+                    if key not in scored:
+                        scored[key] = [score(cleaned, truth) for score in (iou, spurious, b1_error)]
+                    scores[(refine, part, hole)].append(scored[key])
         kept.append((name, truth.shape, np.packbits(truth), made))
     means = {option: np.mean(scores[option], axis=0) for option in options}
     worth = {option: iou_mean - STRAY_PART_PRICE * (spurious_mean + holes_mean)
