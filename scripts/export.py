@@ -24,8 +24,9 @@ Height and width stay dynamic in every format: the exported model takes any imag
 network takes, and predict.py/evaluate.py tile and scale for it as for the .keras model.
 What inference needs besides the network (working size, threshold, flip and scale averaging,
 smallest part kept, smallest hole left, GrabCut refinement, size multiple) travels with the
-file: ONNX metadata_props "segment", a <file>.json sidecar beside a .tflite (keep the two together), the OpenVINO model's rt_info "segment" (keep model.xml and
-model.bin together), segment.json inside a SavedModel folder.
+file: ONNX metadata_props "segment", a <file>.json sidecar beside a .tflite (keep the two
+together), the OpenVINO model's rt_info "segment" (keep model.xml and model.bin together),
+segment.json inside a SavedModel folder.
 
 OpenVINO computes in bfloat16 on CPUs that do so natively (AVX512-BF16, AMX), as training's
 mixed precision does, and compiles the network once per input shape.
