@@ -13,7 +13,8 @@ from helpers import load_script
 
 from segment import data, metrics
 from segment.config import TrainConfig
-from segment.inference import load_segmenter, predict_mask
+from segment.inference import load_segmenter, predict_mask, predict_probability
+from segment.model import build_model
 from segment import training
 from segment.training import choose_working_size, plan_budget, replan_epochs, train
 
@@ -302,7 +303,10 @@ def test_a_budget_planned_too_short_is_planned_again_after_the_first_epoch(tmp_p
 
     def recorded_replan(model, config, pace, *, done, **timings):
         plans.append((done, config.epochs))
+        refine_seconds.append(timings["refine_seconds"])
         return replan(model, config, pace, done=done, **timings)
+
+    refine_seconds = []
 
     monkeypatch.setattr(training, "_replan", recorded_replan)
     budgeted = _FinalWeights()
@@ -312,6 +316,9 @@ def test_a_budget_planned_too_short_is_planned_again_after_the_first_epoch(tmp_p
     assert recorded.epochs > 6 and recorded.steps_per_epoch == 2
     assert len(plans) == 2 and plans[0] == (1, 6)
     assert plans[1][0] == plans[1][1] // 5 > 1  # after the epochs before the first halving
+    # The refinement's reserve: the calibration's at first, then timed on the network's own
+    # predictions.
+    assert refine_seconds[0] == 0.0 and refine_seconds[1] > 0.0
     with (folder / "history.csv").open() as handle:
         assert [int(row["epoch"]) for row in csv.DictReader(handle)] == list(range(recorded.epochs))
     fixed = _FinalWeights()
@@ -336,6 +343,24 @@ def test_a_budgeted_run_stopped_in_its_first_epoch_stops_there(tmp_path, monkeyp
     with (folder / "history.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 1
     assert not (folder / "backup").exists()
+
+
+def test_the_refinement_is_timed_on_a_made_up_prediction_then_the_network_s_own(monkeypatch):
+    images, masks = data.synthetic_arrays(4, size=32, difficulty="easy", seed=3)
+    validation = [(f"{index}", image, mask) for index, (image, mask) in enumerate(zip(images, masks))]
+    refined = []
+    monkeypatch.setattr(training, "refine_mask", lambda image, probability: refined.append(
+        probability))
+    assert training._refine_seconds(validation, timed=2) > 0.0
+    assert len(refined) == 2
+    made_up = refined[0]  # a disk, sure at its centre and in the corners, unsure around it
+    assert made_up[16, 16] == 1.0 and made_up[0, 0] == 0.0 and 0.0 < made_up[16, 8] < 1.0
+    refined.clear()
+    model = build_model(base_filters=4, depth=2, inference={"tta": True})
+    training._refine_seconds(validation, model, timed=3)
+    assert len(refined) == 3
+    for (_, image, _), probability in zip(validation, refined):
+        np.testing.assert_array_equal(probability, predict_probability(model, image))
 
 
 def test_the_deadline_stops_a_run_whose_epochs_slowed_down():
