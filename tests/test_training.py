@@ -33,6 +33,9 @@ def test_train_writes_a_complete_run_folder(train_script, tmp_path, capsys):
     assert "model.keras" in capsys.readouterr().out
     model = keras.saving.load_model(out / "model.keras", safe_mode=True)
     assert model.predict(np.zeros((1, 40, 24, 3), "float32"), verbose=0).shape == (1, 40, 24, 1)
+    # A synthetic model keeps each image at its own scale and averages the four flips.
+    assert model.inference["working_size"] is None and model.inference["scales"] == [1.0]
+    assert model.inference["tta"] is True
     with (out / "history.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 1
