@@ -55,6 +55,14 @@ stray part and per wrong hole count per image. The model remembers them (--refin
 --min-part and --min-hole in predict.py override them)."""
 
 
+def _standard_error(results):
+    """' (standard error 0.0123 over 28 images)', or '' for a single validation image."""
+    error = results.get("iou_standard_error")
+    if error is None:
+        return ""
+    return f" (standard error {error:.4f} over {results['validation_images']} images)"
+
+
 def parse_args(argv):
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(
@@ -140,7 +148,8 @@ def main(argv=None):
         print(f"worker done; the chief wrote {config.out}")
         return 0
     print(
-        f"validation IoU {results['iou']:.4f}, Dice {results['dice']:.4f}, "
+        f"validation IoU {results['iou']:.4f}{_standard_error(results)}, "
+        f"Dice {results['dice']:.4f}, "
         f"spurious {results['spurious']:.2f}/image, b0 error {results['b0_error']:.2f}/image; "
         f"{results['train_seconds']:.0f} s -> {folder / 'model.keras'}"
     )

@@ -101,6 +101,9 @@ def test_train_on_an_image_mask_folder_reports_what_prediction_delivers(train_sc
         )
     for name in ("iou", "dice", "spurious", "b1_error"):
         assert results[name] == pytest.approx(np.mean([row[name] for row in scores]), abs=1e-9)
+    ious = [row["iou"] for row in scores]
+    assert results["iou_standard_error"] == pytest.approx(
+        np.std(ious, ddof=1) / np.sqrt(len(ious)), abs=1e-9)
     # Each epoch's validation, which picks the saved epoch, runs at the working size alone.
     history = list(csv.DictReader((out / "history.csv").read_text().splitlines()))
     best = max(float(row["val_iou"]) for row in history)
