@@ -60,7 +60,7 @@ def build_parser():
                              "0: its own scale (default: the model's working size, saved with it)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                         help="average the model's predictions over the four flips "
-                             "(default: the model's own setting, on for --data models)")
+                             "(default: the model's own setting, on for models train.py made)")
     parser.add_argument("--scales", type=scale_list, default=None, metavar="FACTORS",
                         help="comma-separated factors of the working size (or of the image's own "
                              "size) to predict at and average, e.g. 1 for one pass (default: the "

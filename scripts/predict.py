@@ -31,9 +31,10 @@ scale: working size or tiling?
   trained on synthetic shapes learnt at the images' own scale: an image larger than --tile is
   cut into overlapping tiles that are blended without seams, so any size works in bounded
   memory. --resize S overrides the model's choice (longer side S; 0: the image's own scale).
-  A --data model also averages its predictions over the four flips (--tta) and over five
-  scales around its working size (--scales 0.75,0.875,1,1.125,1.25), the range it was
-  trained over; --no-tta and --scales 1 make one pass.
+  Every model train.py makes averages its predictions over the four flips (--tta), and a
+  --data model also over five scales around its working size (--scales
+  0.75,0.875,1,1.125,1.25), the range it was trained over; --no-tta and --scales 1 make one
+  pass.
   The threshold, too, is the model's own unless --threshold is given, and so is how a mask
   is finished: train.py chooses on its validation images whether to refine it with GrabCut
   (--refine/--no-refine override it), the smallest foreground part kept (parts below 0.25% to
@@ -72,7 +73,8 @@ def build_parser():
                              "0: its own scale (default: the model's working size, saved with it)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                         help="average predictions over the four flips (4x slower, smoother "
-                             "masks; default: the model's own setting, on for --data models)")
+                             "masks; default: the model's own setting, on for models train.py "
+                             "made)")
     parser.add_argument("--scales", type=scale_list, default=None, metavar="FACTORS",
                         help="comma-separated factors of the working size (or of the image's own "
                              "size) to predict at and average, e.g. 1 for one pass (default: the "

