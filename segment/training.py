@@ -576,7 +576,7 @@ def _refine_seconds(validation, model=None, timed=3):
     predictions took on ECSSD photographs, and 2.75x on Kvasir-SEG's (README). So before
     training it is timed on a made-up prediction (a centred disk, sure inside and outside,
     unsure across a band of a tenth of the shorter side around its outline), and once a
-    `model` has trained, on that model's own predictions (not timed: the predictions).
+    `model` has trained, on that model's own predictions (the predicting itself untimed).
     """
     samples = [sample for sample, _ in zip(validation, range(timed))]
     seconds = 0.0

@@ -304,15 +304,13 @@ def test_a_budget_planned_too_short_is_planned_again_after_the_first_epoch(tmp_p
     # It is planned once more after the last epoch before the first halving, timed warm.
     monkeypatch.setattr(training, "_fit_budget", lambda *args: (6, 2, 0.05, 0.0))
     monkeypatch.setattr(training, "DEADLINE_SLACK", float("inf"))  # as above
-    plans = []
+    plans, refine_seconds = [], []
     replan = training._replan
 
     def recorded_replan(model, config, pace, *, done, **timings):
         plans.append((done, config.epochs))
         refine_seconds.append(timings["refine_seconds"])
         return replan(model, config, pace, done=done, **timings)
-
-    refine_seconds = []
 
     monkeypatch.setattr(training, "_replan", recorded_replan)
     budgeted = _FinalWeights()
