@@ -14,12 +14,14 @@ from segment.model import FULL_RESOLUTION_CHOICES  # noqa: E402
 from segment.training import (  # noqa: E402
     DATA_LR,
     DATA_MINUTES,
+    FEW_STEPS,
     HALVINGS,
     MAX_WORKING_SIZE,
     STEPS_PER_EPOCH,
     SYNTHETIC_LR,
     SYNTHETIC_MINUTES,
     SYNTHETIC_SIZE,
+    SMALLEST_WORKING_SIZE,
 )
 from segment.training import train  # noqa: E402
 
@@ -43,6 +45,8 @@ how long:
 --data and the working size:
   Every image is scaled, keeping its aspect ratio, so that its longer side is the working
   size (--size; by default the images' median longer side, at most {MAX_WORKING_SIZE}), and learnt whole.
+  On a machine where the budget buys fewer than {FEW_STEPS} steps at that size, training works
+  at 3/4 of it (not below {SMALLEST_WORKING_SIZE}): more steps at a smaller size learnt more.
   The model remembers that size: predict.py and evaluate.py scale images the same way.
 
 The run folder gets config.json, model.keras (best validation IoU), history.csv,
@@ -88,7 +92,8 @@ def parse_args(argv):
     add("--batch-size", type=int, default=defaults.batch_size, help="images per batch")
     add("--size", type=int, default=None,
         help=f"synthetic: training crop side (default {SYNTHETIC_SIZE}); --data: working size, the longer "
-        f"side images are scaled to (default: their median, at most {MAX_WORKING_SIZE}); a multiple of 2**depth")
+        f"side images are scaled to (default: their median, at most {MAX_WORKING_SIZE}, and 3/4 of it where a budget buys fewer "
+        f"than {FEW_STEPS} steps at that); a multiple of 2**depth")
     add("--loss", choices=sorted(LOSSES), default=defaults.loss, help="loss (segment.losses.LOSSES)")
     add("--lr", type=float, default=None,
         help=f"initial learning rate (default: {SYNTHETIC_LR:g} on synthetic shapes, {DATA_LR:g} with --data)")

@@ -28,7 +28,7 @@ class TrainConfig:
     # The side the network sees in training. Synthetic shapes: crops of size x size, learnt
     # and predicted at their own scale. --data: the working size, the longer side every image
     # is scaled to (in training and, as saved with the model, in prediction); None chooses it
-    # from the images (`segment.training.choose_working_size`).
+    # from the images (`segment.training.choose_working_size`, then `budget_working_size`).
     size: int | None = None
     loss: str = "composite"  # a key of segment.losses.LOSSES
     # StepHalvingSGD's initial rate; None: SYNTHETIC_LR on synthetic shapes, DATA_LR on --data

@@ -13,10 +13,12 @@ from helpers import load_script
 
 from segment import data, metrics
 from segment.config import TrainConfig
-from segment.inference import load_segmenter, predict_mask, predict_probability
+from segment.inference import load_segmenter, predict_mask, predict_probability, working_size
 from segment.model import build_model
 from segment import training
-from segment.training import choose_working_size, plan_budget, replan_epochs, train
+from segment.training import (
+    budget_working_size, choose_working_size, plan_budget, replan_epochs, train,
+)
 
 TINY = ["--size", "32", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "4",
         "--val-count", "4", "--base-filters", "4", "--depth", "2"]
@@ -242,6 +244,40 @@ def test_working_size_is_the_median_longer_side_capped_and_rounded(tmp_path):
     assert choose_working_size(pairs, multiple=4) == 48  # median 50 -> nearest multiple of 4
     assert choose_working_size(pairs, multiple=4, largest=40) == 40
     assert choose_working_size(pairs, multiple=32) == 64
+
+
+def test_a_budget_of_few_steps_works_at_three_quarters_of_the_size():
+    assert budget_working_size(128, 500, multiple=16) == 96
+    assert budget_working_size(128, 1499, multiple=16) == 96
+    assert budget_working_size(128, 1500, multiple=16) == 128
+    assert budget_working_size(112, 100, multiple=16) == 96  # 84 -> 80, but not below 96
+    assert budget_working_size(96, 100, multiple=16) == 96
+    assert budget_working_size(64, 100, multiple=4) == 64  # already below the smallest
+    assert budget_working_size(64, 100, multiple=4, smallest=16) == 48
+    assert budget_working_size(100, 10, multiple=8, smallest=16) == 72  # 75 -> nearest 8
+
+
+@pytest.mark.parametrize("size", [None, 64])
+def test_a_data_budget_of_few_steps_plans_again_at_the_smaller_size(tmp_path, monkeypatch, size):
+    # Images 64 px on their longer side: the working size chosen from them is 64. A budget
+    # that buys fewer than FEW_STEPS steps there is timed again at 3/4 of it, which the run
+    # folder and the saved model then carry; a size the user gave is kept.
+    images, masks = data.synthetic_arrays(6, size=(48, 64), difficulty="easy", seed=3)
+    data.write_folder(tmp_path / "shapes", images, masks)
+    monkeypatch.setattr(training, "SMALLEST_WORKING_SIZE", 16)
+    timed_at = []
+
+    def fit_budget(config, *args):
+        timed_at.append(config.size)
+        return 2, 2, 0.05, 0.0
+
+    monkeypatch.setattr(training, "_fit_budget", fit_budget)
+    config = _tiny_config(tmp_path / "run", data=str(tmp_path / "shapes"), minutes=0.5)
+    folder, _ = train(dataclasses.replace(config, size=size), verbose=0)
+    expected = [64, 48] if size is None else [64]
+    assert timed_at == expected
+    assert TrainConfig.from_json(folder / "config.json").size == expected[-1]
+    assert working_size(load_segmenter(folder / "model.keras")) == expected[-1]
 
 
 def _tiny_config(folder, **settings):
