@@ -89,9 +89,10 @@ MAX_WORKING_SIZE = 128
 # A --data budget that buys fewer than FEW_STEPS steps at the working size chosen from the
 # images works at 3/4 of it instead (`budget_working_size`), down to SMALLEST_WORKING_SIZE. On
 # a 2-core machine without AVX-512, where 10 minutes bought 400-500 steps at 128 on
-# Kvasir-SEG, 96 fitted 750 (steps 1.47x faster, prediction cheaper) and scored 0.566 on the
-# test split against 0.470 and 0.444 (validation 0.639 against 0.570 and 0.576); where 128
-# bought 2000-2750 steps it was the better or level working size (README).
+# Kvasir-SEG, `--size 96` fitted 750 (steps 1.47x faster) and scored 0.566 on the test split
+# against 0.470 and 0.444 (validation 0.639 against 0.570 and 0.576); this rule, which times
+# the machine again at 96, fitted 600 and scored 0.501; on ECSSD 0.599 -> 0.624. Where 128
+# bought 2500 steps (ECSSD, a faster machine), 96 scored level with it (README).
 FEW_STEPS = 1500
 SMALLEST_WORKING_SIZE = 96
 # A --data model's prediction averages these factors of the working size: the scale range
