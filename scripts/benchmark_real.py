@@ -6,7 +6,7 @@ is then scored on DIR/test, every image at its own size, with `segment.metrics`:
   ours:<loss>  `python scripts/train.py --data DIR --minutes M --loss <loss>` exactly
                (segment.training.train: InstanceNormalize, SegmentationModel.train_step,
                StepHalvingSGD), predicted as `predict.py --model` predicts
-  plain        the plain U-Net of segment.stock: Conv-BatchNorm-ReLU, Adam, binary
+  plain        the plain U-Net of segment.evaluation.plain_unet: Conv-BatchNorm-ReLU, Adam, binary
                cross-entropy, whole images squashed to 128x128 with flips, stock `fit`
   grabcut, otsu  classical baselines (no training; scored once)
 
@@ -38,9 +38,9 @@ import segment  # noqa: E402, F401  (first: it hides TensorFlow's start-up lines
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from segment.baselines import BASELINES  # noqa: E402
+from segment.evaluation.baselines import BASELINES  # noqa: E402
 from segment.cli import HelpFormatter, choice_list, positive  # noqa: E402
-from segment.config import TrainConfig  # noqa: E402
+from segment.training import TrainConfig  # noqa: E402
 from segment.data import dataset_splits, find_pairs  # noqa: E402
 from segment.evaluation import (  # noqa: E402
     COLUMNS,
@@ -54,7 +54,7 @@ from segment.imageio import DataError, write_png, write_text  # noqa: E402
 from segment.inference import load_segmenter  # noqa: E402
 from segment.losses import LOSSES  # noqa: E402
 from segment.metrics import METRIC_NAMES  # noqa: E402
-from segment.stock import plain_segmenter, train_plain_unet  # noqa: E402
+from segment.evaluation.plain_unet import plain_segmenter, train_plain_unet  # noqa: E402
 from segment.training import train  # noqa: E402
 
 EPILOG = """\

@@ -8,7 +8,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
 
-from segment.baselines import BASELINES  # noqa: E402
+from segment.evaluation.baselines import BASELINES  # noqa: E402
 from segment.cli import (  # noqa: E402
     HelpFormatter, choice_list, non_negative, part_share, probability, scale_list,
 )

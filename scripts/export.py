@@ -9,7 +9,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
 
 from segment.cli import HelpFormatter  # noqa: E402
-from segment.export import FORMATS, default_path, export_model  # noqa: E402
+from segment.deploy.export import FORMATS, default_path, export_model  # noqa: E402
 from segment.imageio import DataError  # noqa: E402
 from segment.inference import load_segmenter  # noqa: E402
 

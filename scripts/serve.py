@@ -56,7 +56,7 @@ def main(argv=None):
     try:
         import uvicorn
 
-        from segment.serve import create_app
+        from segment.deploy.server import create_app
     except ImportError as error:
         print(f"error: serving needs the serve extra ({error.name} is missing): "
               'pip install -e ".[serve]"', file=sys.stderr)

@@ -7,7 +7,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from segment.cli import HelpFormatter  # noqa: E402
-from segment.config import TrainConfig  # noqa: E402
+from segment.training import TrainConfig  # noqa: E402
 from segment.data import DIFFICULTIES  # noqa: E402
 from segment.losses import LOSSES  # noqa: E402
 from segment.model import FULL_RESOLUTION_CHOICES  # noqa: E402

@@ -12,17 +12,8 @@ import cv2
 import numpy as np
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
-    "DataError",
-    "decode_image",
-    "encode_png",
-    "is_image_file",
-    "read_image",
-    "read_mask",
-    "scale_image",
-    "scaled_shape",
-    "write_png",
-    "write_text",
+    "IMAGE_EXTENSIONS", "DataError", "decode_image", "encode_png", "is_image_file", "read_image",
+    "read_mask", "scale_image", "scaled_shape", "write_png", "write_text",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -169,6 +160,32 @@ def read_mask(path, *, threshold=None):
         f"{path}: mask is not binary (values {shown}); expected 0/1 or 0/{max_value}, "
         "or pass a threshold"
     )
+
+
+def size_hw(size):
+    """`(height, width)` of an image side or a `(height, width)` pair, at least 8x8."""
+    height, width = (size, size) if np.isscalar(size) else size
+    if height < 8 or width < 8:
+        raise ValueError(f"Image size must be at least 8x8, got {size}")
+    return int(height), int(width)
+
+
+def as_float_rgb(image):
+    image = np.asarray(image)
+    if not np.issubdtype(image.dtype, np.floating):
+        raise ValueError(
+            f"Expected a float image in [0, 1] (as segment.imageio.read_image returns), "
+            f"got {image.dtype}"
+        )
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"Expected an image of shape (height, width, 3), got {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"Expected a non-empty image, got shape {image.shape}")
+    return image.astype(np.float32, copy=False)
 
 
 def scaled_shape(shape, side):

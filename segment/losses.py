@@ -10,19 +10,9 @@ import keras
 from keras import ops
 
 __all__ = [
-    "LOSSES",
-    "CompositeLoss",
-    "DiceLoss",
-    "FocalLoss",
-    "binary_crossentropy",
-    "connectivity_penalty",
-    "dice_loss",
-    "focal_loss",
-    "fourth_power_error",
-    "mean_squared_error",
-    "soft_skeleton",
-    "total_variation",
-    "total_variation_excess",
+    "LOSSES", "CompositeLoss", "DiceLoss", "FocalLoss", "binary_crossentropy",
+    "connectivity_penalty", "dice_loss", "focal_loss", "fourth_power_error", "mean_squared_error",
+    "soft_skeleton", "total_variation", "total_variation_excess",
 ]
 
 _SPATIAL = (1, 2, 3)

@@ -31,19 +31,8 @@ from scipy import ndimage
 from skimage.measure import euler_number, label
 
 __all__ = [
-    "METRIC_NAMES",
-    "b0_error",
-    "b1_error",
-    "boundary_f1",
-    "dice",
-    "evaluate_masks",
-    "hd95",
-    "iou",
-    "mean_metrics",
-    "pixel_accuracy",
-    "precision",
-    "recall",
-    "spurious",
+    "METRIC_NAMES", "b0_error", "b1_error", "boundary_f1", "dice", "evaluate_masks", "hd95", "iou",
+    "mean_metrics", "pixel_accuracy", "precision", "recall", "spurious",
 ]
 
 # Column order of every table this project writes (evaluation report, loss benchmark).

@@ -1,5 +1,6 @@
 """The segmenter: a small residual U-Net, and a `keras.Model` subclass with its own steps."""
 
+import dataclasses
 import math
 
 import keras
@@ -7,13 +8,89 @@ import tensorflow as tf
 
 from segment.layers import InstanceNormalize, LayerScale, SweepContext, subtract_mean
 
-__all__ = ["DEFAULT_INFERENCE", "FULL_RESOLUTION_CHOICES", "SegmentationModel", "build_model"]
+__all__ = [
+    "DEFAULT_INFERENCE", "FULL_RESOLUTION_CHOICES", "InferenceSettings", "SegmentationModel",
+    "build_model", "check_min_part", "check_scales",
+]
 
-# What a saved model tells prediction, unless training recorded otherwise.
-DEFAULT_INFERENCE = {
-    "working_size": None, "threshold": 0.5, "tta": False, "scales": [1.0], "min_part": 0.0,
-    "refine": False, "min_hole": 0.0,
-}
+@dataclasses.dataclass(frozen=True)
+class InferenceSettings:
+    """What prediction needs to know about how a model was trained, saved with the model
+    (`SegmentationModel.inference`) so that `predict.py --model M` alone does the right thing.
+
+    Attributes:
+        working_size: the longer side, in pixels, that images were scaled to in training;
+            None when the model learnt at the images' own scale.
+        threshold: the probability above which a pixel is foreground.
+        tta: average the prediction over the four flips.
+        scales: factors of the working size (or of the image's own size) to predict at and
+            average over.
+        min_part: foreground parts (8-connected) smaller than this share of the image's
+            pixels are dropped from the mask.
+        refine: refine the mask with GrabCut on the image's colours
+            (`segment.inference.refine_mask`).
+        min_hole: holes (4-connected background regions that do not reach the image's edge)
+            smaller than this share of the image's pixels are filled.
+
+    The defaults are what a model that recorded nothing gets, exported ones included.
+    """
+
+    working_size: int | None = None
+    threshold: float = 0.5
+    tta: bool = False
+    scales: tuple[float, ...] = (1.0,)
+    min_part: float = 0.0
+    refine: bool = False
+    min_hole: float = 0.0
+
+    def __post_init__(self):
+        unchecked = dict(
+            working_size=int(self.working_size) if self.working_size else None,
+            threshold=float(self.threshold), tta=bool(self.tta),
+            scales=check_scales(self.scales), min_part=check_min_part(self.min_part),
+            refine=bool(self.refine), min_hole=check_min_part(self.min_hole),
+        )
+        for name, value in unchecked.items():
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def of(cls, model):
+        """The settings a model carries (`model.inference`); the defaults for a model
+        that carries none."""
+        saved = getattr(model, "inference", {})
+        return cls(**{field.name: saved[field.name] for field in dataclasses.fields(cls)
+                      if field.name in saved})
+
+    def replace(self, **changes):
+        """A copy with the settings given replaced; those given as None are left as they are
+        (a command line's "the model's own")."""
+        return dataclasses.replace(
+            self, **{name: value for name, value in changes.items() if value is not None}
+        )
+
+    def to_dict(self):
+        """The settings as saved in a model's config (JSON: `scales` as a list)."""
+        return {**dataclasses.asdict(self), "scales": list(self.scales)}
+
+
+def check_min_part(min_part):
+    """`min_part` as a float; ValueError unless it is a share in [0, 1)."""
+    share = float(min_part)
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"Expected a share of the image's pixels in [0, 1), got {min_part}")
+    return share
+
+
+def check_scales(scales):
+    """`scales` as a tuple of floats; ValueError unless there is at least one and every one is
+    finite and positive."""
+    scales = tuple(float(scale) for scale in scales)
+    if not scales or not all(math.isfinite(scale) and scale > 0 for scale in scales):
+        raise ValueError(f"Expected one or more positive scales, got {list(scales)}")
+    return scales
+
+
+DEFAULT_INFERENCE = InferenceSettings().to_dict()
 
 # What build_model's full-resolution level can be.
 FULL_RESOLUTION_CHOICES = ("residual", "light")
@@ -51,18 +128,9 @@ class SegmentationModel(keras.Model):
     Args:
         *args, **kwargs: what `keras.Model` takes for a functional model (`inputs`,
             `outputs`, `name`).
-        inference: what prediction needs to know about how the model was trained, saved
-            with the model so that `predict.py --model M` alone does the right thing:
-            `working_size` (the longer side, in pixels, that images were scaled to in
-            training; None when it learnt at the images' own scale), `threshold` (the
-            probability above which a pixel is foreground), `tta` (average the prediction
-            over the four flips), `scales` (factors of the working size, or of the image's
-            own size, to predict at and average over), `min_part` (foreground parts,
-            8-connected, smaller than this share of the image's pixels are dropped from the
-            mask), `min_hole` (holes in the foreground, 4-connected background regions
-            that do not reach the image's edge, smaller than this share of the image's pixels
-            are filled), `refine` (refine the mask with GrabCut on the image's colours,
-            `segment.inference.refine_mask`). Defaults to `DEFAULT_INFERENCE`.
+        inference: the settings prediction uses, saved with the model: a dict of
+            `InferenceSettings` fields, those left out at their defaults. Defaults to None
+            (every setting at its default).
     """
 
     def __init__(self, *args, inference=None, **kwargs):
@@ -70,6 +138,7 @@ class SegmentationModel(keras.Model):
         unknown = sorted(set(inference or {}) - set(DEFAULT_INFERENCE))
         if unknown:
             raise ValueError(f"Unknown inference settings {unknown}; known: {sorted(DEFAULT_INFERENCE)}")
+        # Kept as a dict, as saved, so that training can change a setting and save it again.
         self.inference = {**DEFAULT_INFERENCE, **(inference or {})}
 
     def get_config(self):
@@ -218,8 +287,8 @@ def build_model(
         foreground_prior: the share of foreground pixels expected; the output bias starts at
             its logit, so the first steps need not push every pixel towards the majority
             class. Defaults to None (bias 0, probability 0.5).
-        inference: settings saved with the model for prediction (see `SegmentationModel`).
-            Defaults to `DEFAULT_INFERENCE`.
+        inference: settings saved with the model for prediction, a dict of
+            `InferenceSettings` fields. Defaults to None (every setting at its default).
         name: model name. Defaults to `"segmenter"`.
 
     Returns:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from segment.baselines import BASELINES, chan_vese, grabcut, otsu
+from segment.evaluation.baselines import BASELINES, chan_vese, grabcut, otsu
 from segment.metrics import iou
 
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from helpers import load_script
 
-from segment import data, stock
-from segment.stock import PLAIN_SIZE, build_plain_unet, plain_segmenter, train_plain_unet
+from segment import data
+from segment.evaluation import plain_unet as stock
+from segment.evaluation.plain_unet import PLAIN_SIZE, build_plain_unet, plain_segmenter, train_plain_unet
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from skimage.draw import disk
 
 from helpers import load_script
 from segment import evaluation
+from segment.evaluation import report as report_module
 from segment.imageio import write_png
 from segment.metrics import METRIC_NAMES
 
@@ -72,7 +73,7 @@ def test_baselines_end_to_end(tmp_path, capsys):
 
     sheet = cv2.imread(str(out / "worst.png"))
     # A title row, then one row per image (3 < --worst 6); image | truth | otsu.
-    assert sheet.shape == (evaluation._HEADER + 3 * evaluation._CELL, 3 * evaluation._CELL, 3)
+    assert sheet.shape == (report_module._HEADER + 3 * report_module._CELL, 3 * report_module._CELL, 3)
 
 
 def test_model_and_baselines(tmp_path, capsys):
@@ -92,7 +93,7 @@ def test_model_and_baselines(tmp_path, capsys):
     _, rows = read_csv(out / "per_image.csv")
     assert len(rows) == 3 * 3
     sheet = cv2.imread(str(out / "worst.png"))
-    assert sheet.shape == (evaluation._HEADER + 2 * evaluation._CELL, 5 * evaluation._CELL, 3)
+    assert sheet.shape == (report_module._HEADER + 2 * report_module._CELL, 5 * report_module._CELL, 3)
 
     # The model alone.
     code, _, _ = run(capsys, "--model", model_path, "--data", data, "--out", out,

@@ -12,7 +12,8 @@ from helpers import load_script
 from test_inference import random_image
 
 from segment import data
-from segment.export import ExportInstanceNormalize, load_exported
+from segment.deploy.export import ExportInstanceNormalize
+from segment.inference import load_exported
 from segment.imageio import DataError, read_image, write_png
 from segment.inference import load_segmenter, predict_probability
 from segment.losses import CompositeLoss
@@ -87,7 +88,7 @@ def test_exported_probabilities_equal_keras_at_any_size_and_tiled(trained, expor
 
 
 def test_an_onnx_conversion_that_disagrees_with_keras_is_done_again(tmp_path, trained, monkeypatch, capsys):
-    from segment import export
+    from segment.deploy import export
 
     checks = []
     real_check = export._onnx_agrees
@@ -116,7 +117,7 @@ def test_an_onnx_conversion_that_disagrees_with_keras_is_done_again(tmp_path, tr
 
 
 def test_an_openvino_export_is_checked_and_replaced_whole(tmp_path, trained, monkeypatch, capsys):
-    from segment import export
+    from segment.deploy import export
 
     out = tmp_path / "seg.xml"
     assert export_script.main(["--model", str(trained), "--format", "openvino", "--out", str(out)]) == 0
@@ -217,9 +218,9 @@ def test_openvino_in_its_own_precision_is_within_bfloat16_rounding_of_keras(trai
 def test_openvino_compiles_each_shape_once_and_keeps_the_latest(trained, exported, monkeypatch):
     import openvino
 
-    from segment import export
+    from segment.inference import exported as runtime
 
-    monkeypatch.setattr(export, "_OPENVINO_SHAPES_KEPT", 2)
+    monkeypatch.setattr(runtime, "_OPENVINO_SHAPES_KEPT", 2)
     model = load_exported(exported["openvino"], precision="float32")
     keras_model = load_segmenter(trained)
     compiled = []

@@ -12,9 +12,6 @@ from skimage import measure
 from segment.imageio import DataError
 from segment.inference import (
     REFINE_SIDE,
-    _predict_batch,
-    _summed_weight,
-    _tile_layout,
     clean_mask,
     collect_inputs,
     find_latest_model,
@@ -26,6 +23,8 @@ from segment.inference import (
     render_outputs,
     size_multiple,
 )
+from segment.inference.predict import _predict_batch
+from segment.inference.tiling import summed_weight, tile_layout
 from segment.model import build_model
 
 # Receptive-field radius of `tiny_model` in input pixels: 3x3 conv (1), then at half resolution
@@ -120,7 +119,7 @@ def test_gray_input_is_taken_as_rgb(model):
 
 def _tile_edges(length, window, overlap, multiple=2):
     """Inner tile edges along one axis (image borders are not tile edges)."""
-    layout = _tile_layout(length, window=window, overlap=overlap, multiple=multiple)
+    layout = tile_layout(length, window=window, overlap=overlap, multiple=multiple)
     edges = {span.start for span in layout[1:]}
     edges |= {span.start + span.inside for span in layout[:-1]}
     return sorted(edges)
@@ -170,13 +169,13 @@ def test_tiled_equals_untiled_away_from_tile_edges_and_shows_no_seam(model):
 @pytest.mark.parametrize("length", [1, 15, 16, 17, 100, 257, 1000])
 @pytest.mark.parametrize("window, overlap", [(32, 0), (32, 8), (32, 16), (64, 40), (128, 100)])
 def test_tile_layout_covers_the_axis_on_the_pooling_grid(length, window, overlap):
-    layout = _tile_layout(length, window=window, overlap=overlap, multiple=16)
+    layout = tile_layout(length, window=window, overlap=overlap, multiple=16)
     assert layout[0].start == 0 and layout[-1].pixels.stop == length
     for span in layout:
         assert span.start % 16 == 0 and len(span.weight) % 16 == 0
         assert 0 < span.inside <= len(span.weight)
     # Every pixel gets some weight, so normalising by the summed weight is safe.
-    assert _summed_weight(layout, length).min() > 0
+    assert summed_weight(layout, length).min() > 0
 
 
 def test_tiling_keeps_memory_bounded(model):

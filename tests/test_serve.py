@@ -20,7 +20,7 @@ from test_inference import random_image  # noqa: E402
 from segment.imageio import decode_image, encode_png  # noqa: E402
 from segment.inference import clean_mask, predict_probability  # noqa: E402
 from segment.model import build_model  # noqa: E402
-from segment.serve import create_app  # noqa: E402
+from segment.deploy.server import create_app  # noqa: E402
 
 serve_script = load_script("serve")
 LIMIT_BYTES, LIMIT_PIXELS = 300_000, 120_000

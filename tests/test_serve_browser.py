@@ -37,7 +37,7 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 from segment.imageio import encode_png  # noqa: E402
 from segment.inference import clean_mask  # noqa: E402
 from segment.model import build_model  # noqa: E402
-from segment.serve import create_app  # noqa: E402
+from segment.deploy.server import create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,23 @@ import pytest
 from helpers import load_script
 
 from segment import data, metrics
-from segment.config import TrainConfig
-from segment.inference import load_segmenter, predict_mask, predict_probability, working_size
+from segment.inference import InferenceSettings, load_segmenter, predict_mask, predict_probability
 from segment.model import build_model
-from segment import training
+from segment.optimizers import StepHalvingSGD
 from segment.training import (
-    budget_working_size, choose_working_size, plan_budget, replan_epochs, train,
+    STRAY_PART_PRICE,
+    TrainConfig,
+    budget_working_size,
+    choose_mask_settings,
+    choose_working_size,
+    plan_budget,
+    replan_epochs,
+    resolve_config,
+    train,
 )
+from segment.training import budget, mask_settings
+from segment.training.budget import Budget, Deadline, time_refinement
+from segment.training.recipe import build_network
 
 TINY = ["--size", "32", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "4",
         "--val-count", "4", "--base-filters", "4", "--depth", "2"]
@@ -115,8 +125,8 @@ def test_train_on_an_image_mask_folder_reports_what_prediction_delivers(train_sc
 def _saved_tiny_model(path):
     """A tiny compiled segmenter, one training step in, saved to `path`."""
     keras.utils.set_random_seed(0)
-    model = training.build_model(depth=2, base_filters=4)
-    model.compile(optimizer=training.StepHalvingSGD(0.1, halve_every=5), loss="mse")
+    model = build_model(depth=2, base_filters=4)
+    model.compile(optimizer=StepHalvingSGD(0.1, halve_every=5), loss="mse")
     model.fit(np.zeros((2, 16, 16, 3)), np.zeros((2, 16, 16, 1)), epochs=1, verbose=0)
     model.save(path)
     return model
@@ -137,14 +147,14 @@ def test_training_keeps_the_part_size_worth_most_in_iou_and_stray_parts(
     predicted = {0.0: with_stray, 1.0: two_parts}
     # Probabilities of 0 and 1 only: every pixel is sure, and GrabCut refinement changes
     # nothing, so the mask is never refined here (the first of equal settings).
-    monkeypatch.setattr(training, "predict_probability",
+    monkeypatch.setattr(mask_settings, "predict_probability",
                         lambda model, image: predicted[float(image[0, 0, 0])].astype(np.float32))
     path = tmp_path / "model.keras"
     trained = _saved_tiny_model(path)
 
     # 1% drops the stray part and keeps the true one (IoU 1 on both); 2% drops the true part
     # too (image b: IoU 1600 / 1744), so 1% is kept.
-    results = training._validation_metrics(path, samples)
+    results = choose_mask_settings(path, samples)
     assert results["min_part"] == 0.01
     assert results["iou"] == 1.0 and results["spurious"] == 0.0
     assert results["without_min_part"]["iou"] == pytest.approx((1600 / 1664 + 1) / 2)
@@ -162,7 +172,7 @@ def test_training_keeps_the_part_size_worth_most_in_iou_and_stray_parts(
     fresh = tmp_path / "fresh.keras"
     _saved_tiny_model(fresh)
     before = fresh.read_bytes()
-    results = training._validation_metrics(fresh, samples)
+    results = choose_mask_settings(fresh, samples)
     assert results["min_part"] == 0.0 and results["iou"] == 1.0
     assert fresh.read_bytes() == before
 
@@ -182,10 +192,10 @@ def test_training_keeps_the_part_size_worth_most_in_iou_and_stray_parts(
         kept_iou = (4000 / (4000 + 4 * strays) + 1) / 2
         dropped_iou = (1 + 1600 / 1620) / 2
         # 3 strays: 0.9985 - 0.005 * 1.5 < 0.9938; 1 stray: 0.9995 - 0.005 * 0.5 > 0.9938.
-        assert (kept_iou - training.STRAY_PART_PRICE * strays / 2 < dropped_iou) == (strays == 3)
+        assert (kept_iou - STRAY_PART_PRICE * strays / 2 < dropped_iou) == (strays == 3)
         path = tmp_path / f"strays{strays}.keras"
         _saved_tiny_model(path)
-        results = training._validation_metrics(path, samples)
+        results = choose_mask_settings(path, samples)
         assert results["min_part"] == kept
         assert results["iou"] == pytest.approx(dropped_iou if kept else kept_iou)
         assert results["without_min_part"]["spurious"] == strays / 2
@@ -203,12 +213,12 @@ def test_training_fills_the_holes_validation_shows_are_pinholes(tmp_path, monkey
     ring[37:43, 37:43] = False
     images = [np.full((100, 100, 3), value, np.float32) for value in (0.0, 1.0)]
     predicted = {0.0: pierced, 1.0: ring}
-    monkeypatch.setattr(training, "predict_probability",
+    monkeypatch.setattr(mask_settings, "predict_probability",
                         lambda model, image: predicted[float(image[0, 0, 0])].astype(np.float32))
     path = tmp_path / "model.keras"
     _saved_tiny_model(path)
 
-    results = training._validation_metrics(path, [("a", images[0], square), ("b", images[1], ring)])
+    results = choose_mask_settings(path, [("a", images[0], square), ("b", images[1], ring)])
     assert results["min_hole"] == 0.0025 and results["min_part"] == 0.0
     assert results["iou"] == 1.0 and results["b1_error"] == 0.0
     assert results["without_min_hole"]["iou"] == pytest.approx((1592 / 1600 + 1) / 2)
@@ -225,11 +235,11 @@ def test_training_refines_masks_with_grabcut_where_validation_gains(tmp_path, mo
     soft = np.zeros((100, 100), np.float32)
     soft[15:65, 15:65] = 0.3
     soft[25:55, 25:55] = 1.0
-    monkeypatch.setattr(training, "predict_probability", lambda model, image: soft)
+    monkeypatch.setattr(mask_settings, "predict_probability", lambda model, image: soft)
     path = tmp_path / "model.keras"
     _saved_tiny_model(path)
 
-    results = training._validation_metrics(path, [("a", image, truth), ("b", image, truth)])
+    results = choose_mask_settings(path, [("a", image, truth), ("b", image, truth)])
     assert results["refine"] is True and results["min_part"] == 0.0
     assert results["iou"] == 1.0  # GrabCut finds the square's edge in the image
     assert results["without_refine"]["iou"] == pytest.approx(900 / 1600)
@@ -264,20 +274,20 @@ def test_a_data_budget_of_few_steps_plans_again_at_the_smaller_size(tmp_path, mo
     # folder and the saved model then carry; a size the user gave is kept.
     images, masks = data.synthetic_arrays(6, size=(48, 64), difficulty="easy", seed=3)
     data.write_folder(tmp_path / "shapes", images, masks)
-    monkeypatch.setattr(training, "SMALLEST_WORKING_SIZE", 16)
+    monkeypatch.setattr(budget, "SMALLEST_WORKING_SIZE", 16)
     timed_at = []
 
     def fit_budget(config, *args):
         timed_at.append(config.size)
         return 2, 2, 0.05, 0.0
 
-    monkeypatch.setattr(training, "_fit_budget", fit_budget)
+    monkeypatch.setattr(budget, "fit_budget", fit_budget)
     config = _tiny_config(tmp_path / "run", data=str(tmp_path / "shapes"), minutes=0.5)
     folder, _ = train(dataclasses.replace(config, size=size), verbose=0)
     expected = [64, 48] if size is None else [64]
     assert timed_at == expected
     assert TrainConfig.from_json(folder / "config.json").size == expected[-1]
-    assert working_size(load_segmenter(folder / "model.keras")) == expected[-1]
+    assert InferenceSettings.of(load_segmenter(folder / "model.keras")).working_size == expected[-1]
 
 
 def _tiny_config(folder, **settings):
@@ -290,14 +300,14 @@ def test_training_builds_the_light_network_and_old_run_folders_the_residual_one(
     # Training builds the network config.json names: today's default has one convolution at
     # full resolution on the way up. A config.json written before `full_resolution` existed
     # reads as the residual network its checkpoint holds, so its run resumes with that one.
-    layers = {layer.name for layer in training._build(_tiny_config(tmp_path)).layers}
+    layers = {layer.name for layer in build_network(_tiny_config(tmp_path)).layers}
     assert "up0_conv" in layers and "up0_block0_conv1" not in layers
     settings = dataclasses.asdict(_tiny_config(tmp_path))
     del settings["full_resolution"]
     (tmp_path / "config.json").write_text(json.dumps(settings))
     old = TrainConfig.from_json(tmp_path / "config.json")
     assert old.full_resolution == "residual"
-    layers = {layer.name for layer in training._build(old).layers}
+    layers = {layer.name for layer in build_network(old).layers}
     assert "up0_block0_conv1" in layers and "up0_conv" not in layers
     with pytest.raises(ValueError, match="unknown full-resolution level 'none'"):
         train(_tiny_config(tmp_path / "run", full_resolution="none"), verbose=0)
@@ -309,16 +319,16 @@ def test_the_default_run_is_a_budget_inside_ten_minutes(train_script):
     # default run (no --epochs, no --minutes) is a wall-clock budget on synthetic shapes too.
     options = {k: v for k, v in vars(train_script.parse_args([])).items()
                if k not in ("resume", "overwrite")}
-    resolved = training._resolve(TrainConfig(**options), None)
+    resolved = resolve_config(TrainConfig(**options), None)
     assert resolved.epochs is None
     assert 5 <= resolved.minutes < 10
-    assert training._resolve(TrainConfig(epochs=3), None).minutes is None
+    assert resolve_config(TrainConfig(epochs=3), None).minutes is None
 
 
 def test_a_time_budget_fixes_epochs_that_repeat_exactly(tmp_path, monkeypatch):
     # Equal to --epochs N unless the machine slows down past the plan: this test's epochs are
     # too short for their pace to mean anything, so the deadline's guard is off.
-    monkeypatch.setattr(training, "DEADLINE_SLACK", float("inf"))
+    monkeypatch.setattr(budget, "DEADLINE_SLACK", float("inf"))
     budgeted = _FinalWeights()
     # 30 seconds: the throwaway model's calibration alone can take 10 of them on a slow,
     # shared 2-core machine, and at least two epochs must be left for the test to mean anything.
@@ -338,17 +348,17 @@ def test_a_budget_planned_too_short_is_planned_again_after_the_first_epoch(tmp_p
     # more do (at least 10, for the second re-plan, even on a machine where each tiny epoch's
     # two checkpoints take a second). The run takes them, and still repeats `epochs=N` exactly.
     # It is planned once more after the last epoch before the first halving, timed warm.
-    monkeypatch.setattr(training, "_fit_budget", lambda *args: (6, 2, 0.05, 0.0))
-    monkeypatch.setattr(training, "DEADLINE_SLACK", float("inf"))  # as above
+    monkeypatch.setattr(budget, "fit_budget", lambda *args: (6, 2, 0.05, 0.0))
+    monkeypatch.setattr(budget, "DEADLINE_SLACK", float("inf"))  # as above
     plans, refine_seconds = [], []
-    replan = training._replan
+    plan_again = Budget.plan_again
 
-    def recorded_replan(model, config, pace, *, done, **timings):
+    def recorded_plan_again(self, model, config, pace, *, done):
         plans.append((done, config.epochs))
-        refine_seconds.append(timings["refine_seconds"])
-        return replan(model, config, pace, done=done, **timings)
+        refine_seconds.append(self.refine_seconds)
+        return plan_again(self, model, config, pace, done=done)
 
-    monkeypatch.setattr(training, "_replan", recorded_replan)
+    monkeypatch.setattr(Budget, "plan_again", recorded_plan_again)
     budgeted = _FinalWeights()
     folder, _ = train(_tiny_config(tmp_path / "budget", minutes=0.5), callbacks=[budgeted],
                       verbose=0)
@@ -371,7 +381,7 @@ def test_a_budget_planned_too_short_is_planned_again_after_the_first_epoch(tmp_p
 def test_a_budgeted_run_stopped_in_its_first_epoch_stops_there(tmp_path, monkeypatch):
     # A caller's callback (or TerminateOnNaN) stops the run in the epoch the budget is
     # planned again from: no second fit, no backup left behind.
-    monkeypatch.setattr(training, "_fit_budget", lambda *args: (6, 2, 0.05, 0.0))
+    monkeypatch.setattr(budget, "fit_budget", lambda *args: (6, 2, 0.05, 0.0))
 
     class StopAfterFirstEpoch(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -390,15 +400,15 @@ def test_the_refinement_is_timed_on_a_made_up_prediction_then_the_network_s_own(
     validation = [(f"{index}", image, mask)
                   for index, (image, mask) in enumerate(zip(images, masks))]
     refined = []
-    monkeypatch.setattr(training, "refine_mask", lambda image, probability: refined.append(
+    monkeypatch.setattr(budget, "refine_mask", lambda image, probability: refined.append(
         probability))
-    assert training._refine_seconds(validation, timed=2) > 0.0
+    assert time_refinement(validation, timed=2) > 0.0
     assert len(refined) == 2
     made_up = refined[0]  # a disk, sure at its centre and in the corners, unsure around it
     assert made_up[16, 16] == 1.0 and made_up[0, 0] == 0.0 and 0.0 < made_up[16, 8] < 1.0
     refined.clear()
     model = build_model(base_filters=4, depth=2, inference={"tta": True})
-    training._refine_seconds(validation, model, timed=3)
+    time_refinement(validation, model, timed=3)
     assert len(refined) == 3
     for (_, image, _), probability in zip(validation, refined):
         np.testing.assert_array_equal(probability, predict_probability(model, image))
@@ -406,7 +416,7 @@ def test_the_refinement_is_timed_on_a_made_up_prediction_then_the_network_s_own(
 
 def test_the_deadline_stops_a_run_whose_epochs_slowed_down():
     clock = [0.0]
-    guard = training._Deadline(deadline=100.0, final_seconds=5.0, clock=lambda: clock[0])
+    guard = Deadline(deadline=100.0, final_seconds=5.0, clock=lambda: clock[0])
     model = keras.Sequential()
     model.stop_training = False  # as fit sets it
     guard.set_model(model)
@@ -425,7 +435,7 @@ def test_the_deadline_stops_a_run_whose_epochs_slowed_down():
     # On pace, a plan that ends within half an epoch of the deadline is never cut: 10
     # epochs of 10 s and 3 s of scoring end 3 s past it.
     model.stop_training = False
-    on_pace = training._Deadline(deadline=100.0, final_seconds=3.0, clock=lambda: clock[0])
+    on_pace = Deadline(deadline=100.0, final_seconds=3.0, clock=lambda: clock[0])
     on_pace.set_model(model)
     on_pace.set_params({"epochs": 10})
     clock[0] = 0.0
@@ -439,8 +449,8 @@ def test_the_deadline_stops_a_run_whose_epochs_slowed_down():
 def test_a_budgeted_run_planned_too_long_stops_at_its_deadline(tmp_path, monkeypatch):
     # A plan of 2000 epochs for 15 seconds that is never planned again: the deadline's guard
     # stops it, history and checkpoint are consistent, and the run is not "stopped early".
-    monkeypatch.setattr(training, "_fit_budget", lambda *args: (2000, 2, 0.05, 0.0))
-    monkeypatch.setattr(training, "_replan", lambda *args, **kwargs: False)
+    monkeypatch.setattr(budget, "fit_budget", lambda *args: (2000, 2, 0.05, 0.0))
+    monkeypatch.setattr(Budget, "plan_again", lambda *args, **kwargs: False)
     started = time.perf_counter()
     folder, results = train(_tiny_config(tmp_path / "run", minutes=0.25), verbose=0)
     assert time.perf_counter() - started < 60  # 2000 epochs would take several minutes
@@ -535,9 +545,9 @@ def test_a_resumed_run_ends_with_the_same_weights(tmp_path):
 
 def test_a_resumed_budgeted_run_trains_the_epochs_it_planned(tmp_path, monkeypatch):
     # config.json records the planned epochs beside the budget; a killed run resumes them.
-    monkeypatch.setattr(training, "_fit_budget", lambda *args: (3, 2, 0.05, 0.0))
-    monkeypatch.setattr(training, "_replan", lambda *args, **kwargs: False)
-    monkeypatch.setattr(training, "DEADLINE_SLACK", float("inf"))
+    monkeypatch.setattr(budget, "fit_budget", lambda *args: (3, 2, 0.05, 0.0))
+    monkeypatch.setattr(Budget, "plan_again", lambda *args, **kwargs: False)
+    monkeypatch.setattr(budget, "DEADLINE_SLACK", float("inf"))
     with pytest.raises(KeyboardInterrupt):
         train(_tiny_config(tmp_path / "killed", minutes=0.25), callbacks=[_Interrupt(after=1)],
               verbose=0)

@@ -37,17 +37,11 @@ from segment.imageio import DataError, decode_image, encode_png
 from segment.inference import (
     OUTPUT_KINDS,
     finish_mask,
-    model_min_hole,
-    model_min_part,
-    model_refine,
-    model_scales,
-    model_threshold,
-    model_tta,
     predict_probability,
     render_output,
     size_multiple,
-    working_size,
 )
+from segment.model import InferenceSettings
 
 __all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_BYTES", "create_app"]
 
@@ -191,13 +185,7 @@ def create_app(
             "model": model.name,
             "backend": _backend(model),
             "input_multiple": multiple,
-            "working_size": working_size(model),
-            "threshold": model_threshold(model),
-            "tta": model_tta(model),
-            "scales": list(model_scales(model)),
-            "min_part": model_min_part(model),
-            "min_hole": model_min_hole(model),
-            "refine": model_refine(model),
+            **InferenceSettings.of(model).to_dict(),
             "max_upload_bytes": max_upload_bytes,
             "max_pixels": max_pixels,
         }

@@ -1,0 +1,80 @@
+"""Training data: the synthetic shape generator, image/mask folders and `tf.data` streams.
+
+- `presets`: the generator's settings (`GeneratorConfig`), difficulty presets and mixtures.
+- `drawing`: object shapes and the surfaces that fill objects and backgrounds.
+- `synthetic`: one seeded sample (`make_sample`), degradations, `synthetic_arrays`.
+- `folders`: `DIR/images` + `DIR/masks` folders, splits, reading and writing pairs.
+- `augment`: scale, rotation, shift, flips and colour changes of photographs.
+- `streams`: endless, seeded, resumable `tf.data` streams (`synthetic_dataset`,
+  `folder_dataset`).
+
+Sample `i` of seed `s` comes from its own generator, `np.random.default_rng([s, i])`, so it is
+the same on any machine, in any order, at any degree of parallelism. Every problem with a
+user's files raises `segment.imageio.DataError` naming them.
+"""
+
+from segment.data.folders import (
+    SPLIT_NAMES,
+    dataset_splits,
+    find_pairs,
+    foreground_fraction,
+    load_pairs,
+    read_pair,
+    split_pairs,
+    write_folder,
+)
+from segment.data.presets import (
+    APPEARANCE_KINDS,
+    DIFFICULTIES,
+    MIXTURES,
+    PRESETS,
+    SHAPE_KINDS,
+    GeneratorConfig,
+    Mixture,
+    generator_config,
+)
+from segment.data.streams import (
+    batched_dataset,
+    folder_dataset,
+    stream_positions,
+    synthetic_dataset,
+)
+from segment.data.synthetic import (
+    DATASET_STREAM,
+    add_gaussian_noise,
+    add_salt_and_pepper,
+    make_sample,
+    sample_rng,
+    scale_contrast,
+    synthetic_arrays,
+)
+
+__all__ = [
+    "add_gaussian_noise",
+    "add_salt_and_pepper",
+    "APPEARANCE_KINDS",
+    "batched_dataset",
+    "dataset_splits",
+    "DATASET_STREAM",
+    "DIFFICULTIES",
+    "find_pairs",
+    "folder_dataset",
+    "foreground_fraction",
+    "generator_config",
+    "GeneratorConfig",
+    "load_pairs",
+    "make_sample",
+    "Mixture",
+    "MIXTURES",
+    "PRESETS",
+    "read_pair",
+    "sample_rng",
+    "scale_contrast",
+    "SHAPE_KINDS",
+    "SPLIT_NAMES",
+    "split_pairs",
+    "stream_positions",
+    "synthetic_arrays",
+    "synthetic_dataset",
+    "write_folder",
+]

@@ -1,0 +1,70 @@
+"""`train(config) -> (run folder, metrics)`: the whole training job.
+
+- `config`: `TrainConfig`, the defaults of the settings left open, and how they are chosen.
+- `recipe`: the network `train.py` builds and how it is compiled (the article's pieces).
+- `inputs`: the training stream and the validation samples.
+- `loop`: `train` itself.
+- `budget`: timing the machine, planning epochs to a wall-clock budget, the deadline.
+- `callbacks`: validation as prediction runs, and the run folder's writers.
+- `run_folder`: creating, resuming and replacing run folders.
+- `mask_settings`: how a trained model's masks are finished, chosen on validation.
+- `distributed`: strategies, the chief worker, lost workers.
+"""
+
+from segment.training.budget import (
+    FEW_STEPS,
+    SMALLEST_WORKING_SIZE,
+    budget_working_size,
+    plan_budget,
+    replan_epochs,
+)
+from segment.training.config import (
+    DATA_LR,
+    DATA_MINUTES,
+    HALVINGS,
+    MAX_WORKING_SIZE,
+    STEPS_PER_EPOCH,
+    SYNTHETIC_LR,
+    SYNTHETIC_MINUTES,
+    SYNTHETIC_SIZE,
+    TrainConfig,
+    check_config,
+    choose_working_size,
+    resolve_config,
+)
+from segment.training.devices import native_half_precision
+from segment.training.loop import train
+from segment.training.mask_settings import (
+    MIN_HOLES,
+    MIN_PARTS,
+    STRAY_PART_PRICE,
+    choose_mask_settings,
+)
+from segment.training.recipe import DATA_SCALES
+
+__all__ = [
+    "budget_working_size",
+    "check_config",
+    "choose_mask_settings",
+    "choose_working_size",
+    "DATA_LR",
+    "DATA_MINUTES",
+    "DATA_SCALES",
+    "FEW_STEPS",
+    "HALVINGS",
+    "MAX_WORKING_SIZE",
+    "MIN_HOLES",
+    "MIN_PARTS",
+    "native_half_precision",
+    "plan_budget",
+    "replan_epochs",
+    "resolve_config",
+    "SMALLEST_WORKING_SIZE",
+    "STEPS_PER_EPOCH",
+    "STRAY_PART_PRICE",
+    "SYNTHETIC_LR",
+    "SYNTHETIC_MINUTES",
+    "SYNTHETIC_SIZE",
+    "train",
+    "TrainConfig",
+]

@@ -1,0 +1,373 @@
+"""Wall-clock budgets: timing this machine, planning the epochs, planning again, the deadline."""
+
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from segment.evaluation import mean_iou
+from segment.inference import predict_probability, refine_mask
+from segment.model import InferenceSettings
+from segment.training.callbacks import epoch_method
+from segment.training.config import HALVINGS, STEPS_PER_EPOCH, halve_every_steps
+from segment.training.inputs import training_stream, validation_samples
+from segment.training.recipe import build_network, compile_network
+
+__all__ = [
+    "budget_working_size", "FEW_STEPS", "plan_budget", "replan_epochs", "SMALLEST_WORKING_SIZE",
+]
+
+
+# Under a --minutes budget, without --steps-per-epoch, epochs are made long enough that the
+# validation pass and the checkpoints after each take at most this share of the run: at 100
+# steps they took a quarter of a 10-minute Kvasir-SEG run (4 s of validation per 13 s epoch).
+VALIDATION_SHARE = 0.1
+
+
+# A budgeted run whose epochs slow down after its last re-plan (a shared machine) stops once
+# its next epoch, then the final scoring, would end more than this share of an epoch past the
+# budget: the budget is kept to within half an epoch, and a run on pace is never cut.
+DEADLINE_SLACK = 0.5
+
+
+# A --data budget that buys fewer than FEW_STEPS steps at the working size chosen from the
+# images works at 3/4 of it instead (`budget_working_size`), down to SMALLEST_WORKING_SIZE. On
+# a 2-core machine without AVX-512, where 10 minutes bought 400-500 steps at 128 on
+# Kvasir-SEG, `--size 96` fitted 750 (steps 1.47x faster) and scored 0.566 on the test split
+# against 0.470 and 0.444 (validation 0.639 against 0.570 and 0.576); this rule, which times
+# the machine again at 96, fitted 600 and scored 0.501; on ECSSD 0.599 -> 0.624. Where 128
+# bought 2500 steps (ECSSD, a faster machine), 96 scored level with it (README).
+FEW_STEPS = 1500
+
+
+SMALLEST_WORKING_SIZE = 96
+
+
+def budget_working_size(size, steps, *, multiple, few=FEW_STEPS,
+                        smallest=SMALLEST_WORKING_SIZE):
+    """The working size for a budget that buys `steps` training steps at working size `size`:
+    `size` itself, or, when that is fewer than `few` steps, 3/4 of it rounded to a multiple of
+    `multiple` and at least `smallest` (a size already at or below `smallest` stays)."""
+    if steps >= few:
+        return size
+    smaller = max(smallest, round(size * 3 / 4 / multiple) * multiple)
+    return min(size, smaller)
+
+
+def final_passes(model):
+    """Validation passes that scoring the saved model in full costs, in units of one pass at
+    the working size: loading it, then one pass per scale."""
+    return 1 + len(InferenceSettings.of(model).scales)
+
+
+class StepTimes(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter())
+
+    def on_train_begin(self, logs=None):
+        self.times = []
+
+
+class Pace(StepTimes):
+    """Times a budgeted run's epochs until epoch `stop_after` has run, then stops `fit` so
+    the budget can be planned again from them (`plan_again`). Runs after every other callback.
+
+    From a run's first epoch it keeps the pace of its steps (the epoch's second half: the
+    first steps of a run are slower, while the graph is traced and the input pipeline and the
+    kernels warm up), the time the first step took beyond it (`trace_seconds`), and what
+    followed the last step (`after_seconds`: validation, checkpoints, logs). From later
+    epochs it keeps the median whole epoch, from its end back to the end of the one before,
+    leaving out the first epoch of this `fit` (`epoch_seconds`).
+    """
+
+    def __init__(self, stop_after):
+        super().__init__()
+        self.stop_after = stop_after
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.begun = time.perf_counter()
+        self.epoch_ends = []
+        self.stopped_by_another = True  # unless this fit reaches `stop_after`
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_ends.append(time.perf_counter())
+        if epoch < self.stop_after:
+            return
+        times = self.times
+        half = len(times) // 2 if len(times) >= 4 else 0
+        self.step_seconds = (times[-1] - times[half]) / max(1, len(times) - 1 - half)
+        self.trace_seconds = max(0.0, times[0] - self.begun - self.step_seconds)
+        self.after_seconds = self.epoch_ends[-1] - times[-1]
+        ends = [self.begun, *self.epoch_ends]
+        self.epoch_seconds = float(np.median(np.diff(ends[1:] if len(ends) > 2 else ends)))
+        self.stopped_by_another = bool(self.model.stop_training)  # TerminateOnNaN, a caller's
+        self.model.stop_training = True
+
+
+class Deadline(keras.callbacks.Callback):
+    """Stops a budgeted run at its deadline if its epochs have slowed since it was planned.
+
+    After each epoch (from the third of this `fit`: the first includes tracing), the next is
+    taken to last as long as the median of the last three, and training stops when that
+    epoch and then `final_seconds` (the final scoring) would end more than `DEADLINE_SLACK`
+    of it past `deadline`. `stopped_after` is then the number of epochs run, else None.
+    """
+
+    def __init__(self, deadline, final_seconds, clock=time.perf_counter):
+        super().__init__()
+        self.deadline, self.final_seconds, self.clock = deadline, final_seconds, clock
+        self.stopped_after = None
+
+    def on_train_begin(self, logs=None):
+        self.ends = [self.clock()]
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.ends.append(self.clock())
+        if len(self.ends) < 4 or epoch + 1 >= self.params["epochs"]:
+            return
+        epoch_seconds = float(np.median(np.diff(self.ends[-4:])))
+        late = self.ends[-1] + epoch_seconds + self.final_seconds - self.deadline
+        if late > DEADLINE_SLACK * epoch_seconds:
+            self.model.stop_training = True
+            self.stopped_after = epoch + 1
+
+
+class Budget:
+    """A run's wall-clock budget, from its first plan to its deadline.
+
+    `plan` fixes the epochs that fit before `deadline` (a `time.perf_counter()` value) and
+    their length, timed on a throwaway model (`fit_budget`). `fit` then trains in stages and
+    plans the epochs again from the run's own epochs (`plan_again`): after the first, whose
+    200-odd steps time this machine far better than the throwaway's 20, and after the last
+    before the first halving, from whole warm epochs. So a burst of other work during the
+    few timed steps does not shorten the whole run, and steps that speed up over the first
+    epochs do not leave time unused. From the first re-plan on, a `Deadline` stops a run
+    whose epochs slow down.
+    """
+
+    def __init__(self, deadline):
+        self.deadline = deadline
+        self.guard = None  # the Deadline, once the first epoch is timed
+        # What the closing scoring costs, in seconds: set by `plan`, then by the run itself.
+        self.warm_validation = self.refine_seconds = None
+        self.first_validation = self.save_seconds = self.trace_seconds = None
+
+    @property
+    def stopped_after(self):
+        """The epochs run when the deadline stopped the run, else None."""
+        return self.guard.stopped_after if self.guard else None
+
+    def plan(self, config, pairs, strategy, *, size_from_images):
+        """Set `config.epochs` and `config.steps_per_epoch` to what fits; a working size chosen
+        from the images (`size_from_images`) becomes 3/4 of it where that buys too few steps
+        (`budget_working_size`), timed again there."""
+        self._time(config, pairs, strategy)
+        if size_from_images:
+            steps = config.epochs * config.steps_per_epoch
+            smaller = budget_working_size(config.size, steps, multiple=2**config.depth,
+                                          few=FEW_STEPS, smallest=SMALLEST_WORKING_SIZE)
+            if smaller != config.size:
+                print(f"{steps} steps fit the budget at working size {config.size}: "
+                      f"working at {smaller}", flush=True)
+                config.size = smaller
+                self._time(config, pairs, strategy)
+        print(f"{config.minutes:g}-minute budget: {config.epochs} epochs of "
+              f"{config.steps_per_epoch} steps on this machine", flush=True)
+
+    def _time(self, config, pairs, strategy):
+        config.epochs, config.steps_per_epoch, self.warm_validation, self.refine_seconds = (
+            fit_budget(config, pairs, strategy, self.deadline)
+        )
+
+    def fit(self, fit, model, config, *, train_data, stream, validating, validation, backup,
+            config_path):
+        """Train `model` to `config.epochs` in stages, planning the epochs again between them
+        (each re-plan written to `config_path`).
+
+        `fit(train_data, initial_epoch, extra_callbacks)` runs Keras's fit; `stream(start)` is
+        the training stream from sample `start` (`train_data` is its start); `validating` is
+        the run's `Validation`
+        callback, `validation` its samples, `backup` its `BackupAndRestore`.
+        """
+        first_epoch, guard, stop_after = 0, [], 0
+        while stop_after is not None:
+            pace = Pace(stop_after)
+            backup.delete_checkpoint = False  # the next fit continues from it
+            fit(train_data, first_epoch, guard + [pace])
+            backup.delete_checkpoint = True
+            model.stop_training = pace.stopped_by_another
+            if model.stop_training:  # a NaN loss, the deadline: no further fit removes the backup
+                backup.on_train_end()
+                return
+            done = stop_after + 1
+            self._after_stage(model, config, pace, done, validating.first_seconds, validation,
+                              config_path)
+            first_epoch, guard = done, [self.guard]
+            train_data = stream(done * config.steps_per_epoch * config.batch_size)
+            stop_after = next_replan(config, done) if done == 1 else None
+        fit(train_data, first_epoch, guard)
+
+    def _after_stage(self, model, config, pace, done, first_validation, validation, config_path):
+        self.first_validation = first_validation
+        if done == 1:  # the first epoch's trace and checkpoints
+            self.trace_seconds = pace.trace_seconds
+            self.save_seconds = max(0.0, pace.after_seconds - first_validation)
+            self.guard = Deadline(self.deadline, 0.0)
+        else:  # a network that has trained a fifth of the run: its own predictions
+            self.refine_seconds = time_refinement(validation, model)
+        self.guard.final_seconds = self.closing_seconds(model)
+        if self.plan_again(model, config, pace, done=done):
+            print(f"after {done} epoch{'s' if done > 1 else ''}: {config.epochs} epochs fit "
+                  "the budget", flush=True)
+            config.to_json(config_path)
+
+    def plan_again(self, model, config, pace, *, done):
+        """`config` with its epochs planned again after `done` epochs (timed by `Pace`), the
+        optimizer's halvings moved to match; whether anything changed.
+
+        After the first epoch, an epoch is its steps at the pace of the first epoch's second
+        half plus what follows them, whose validation pass traced the prediction graph for
+        every image shape (`first_validation` seconds; later passes take `warm_validation`,
+        as calibration timed them). Later, an epoch is what whole warm epochs took. What
+        follows the last epoch costs `closing_seconds`; changed halvings trace the training
+        graph again (`trace_seconds`).
+        """
+        if done == 1:
+            after_epoch = max(0.0, pace.after_seconds - self.first_validation) + self.warm_validation
+            epoch_seconds = config.steps_per_epoch * pace.step_seconds + after_epoch
+        else:
+            epoch_seconds = pace.epoch_seconds
+        epochs = replan_epochs(
+            config.epochs,
+            seconds=(self.deadline - time.perf_counter() - self.closing_seconds(model)
+                     - self.trace_seconds),
+            epoch_seconds=epoch_seconds,
+            done=done,
+            halve_every=config.halve_every,
+        )
+        if epochs == config.epochs:
+            return False
+        config.epochs = epochs
+        optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # loss scaling
+        optimizer.halve_every = halve_every_steps(config)
+        model.make_train_function(force=True)  # the halving step is traced into the graph
+        return True
+
+    def closing_seconds(self, model):
+        """What follows a budgeted run's last epoch: loading the best model and scoring it in
+        full (a first validation pass, then a warm one per further scale), refining its masks,
+        and saving it again with its mask settings (about what the first epoch's checkpoints
+        took)."""
+        return (self.first_validation + (final_passes(model) - 1) * self.warm_validation
+                + self.refine_seconds + self.save_seconds)
+
+
+def fit_budget(config, pairs, strategy, deadline):
+    """`(epochs, steps_per_epoch, validation_seconds, refine_seconds)`: the epochs that fit
+    before `deadline` (a `time.perf_counter()` value) and their length, measured on a
+    throwaway model: 30 training steps and a validation pass, each timed once warm
+    (`plan_budget` does the arithmetic); that warm validation pass's time, and what refining
+    the validation masks will cost in the final scoring (`time_refinement`)."""
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        model = build_network(config)
+        compile_network(model, config, halve_every=1)
+    train_data, validation = training_stream(config, pairs, 0), validation_samples(config, pairs)
+    steps = StepTimes()
+    # The first steps trace the graph and warm up the kernels (longer in bfloat16): time the
+    # steps after them, by the median, which an odd slow step does not move.
+    fit_started = time.perf_counter()
+    model.fit(train_data, epochs=1, steps_per_epoch=30, callbacks=[steps], shuffle=False, verbose=0)
+    step_seconds = float(np.median(np.diff(steps.times[10:])))
+    trace_seconds = steps.times[0] - fit_started
+    mean_iou(epoch_method(model), validation)  # traces the prediction graph
+    started = time.perf_counter()
+    mean_iou(epoch_method(model), validation)
+    validation_seconds = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as folder:  # the checkpoint and the backup, per epoch
+        started = time.perf_counter()
+        model.save(Path(folder) / "model.keras")
+        save_seconds = time.perf_counter() - started
+    refine_seconds = time_refinement(validation)
+    # What follows the last epoch: loading the best model, scoring it in full
+    # (`final_passes`) and saving it with its mask settings; and the real run traces the
+    # training graph once more.
+    epochs, steps_per_epoch = plan_budget(
+        deadline - time.perf_counter() - final_passes(model) * validation_seconds
+        - refine_seconds - save_seconds - trace_seconds,
+        step_seconds=step_seconds,
+        after_epoch_seconds=validation_seconds + 2 * save_seconds,
+        steps_per_epoch=config.steps_per_epoch,
+    )
+    return epochs, steps_per_epoch, validation_seconds, refine_seconds
+
+
+def time_refinement(validation, model=None, timed=3):
+    """What refining every validation mask with GrabCut costs (`choose_mask_settings`), timed
+    on the first `timed` images.
+
+    GrabCut's time grows with the pixels a prediction leaves unsure, which differs by
+    dataset: the same made-up prediction took half what refining trained networks' real
+    predictions took on ECSSD photographs, and 2.75x on Kvasir-SEG's (README). So before
+    training it is timed on a made-up prediction (a centred disk, sure inside and outside,
+    unsure across a band of a tenth of the shorter side around its outline), and once a
+    `model` has trained, on that model's own predictions (the predicting itself untimed).
+    """
+    samples = [sample for sample, _ in zip(validation, range(timed))]
+    seconds = 0.0
+    for _, image, _ in samples:
+        if model is None:
+            height, width = image.shape[:2]
+            rows, columns = np.ogrid[:height, :width]
+            distance = np.hypot(rows - height / 2, columns - width / 2) - min(height, width) / 4
+            probability = np.clip(0.5 - 10 * distance / min(height, width), 0, 1)
+        else:
+            probability = predict_probability(model, image)
+        started = time.perf_counter()
+        refine_mask(image, probability)
+        seconds += time.perf_counter() - started
+    return seconds / max(1, len(samples)) * len(validation)
+
+
+def plan_budget(seconds, *, step_seconds, after_epoch_seconds, steps_per_epoch=None):
+    """`(epochs, steps_per_epoch)` for `seconds` of training.
+
+    Each epoch costs `steps_per_epoch * step_seconds` plus `after_epoch_seconds` (validation
+    and checkpoints). `steps_per_epoch` is kept when given; else epochs are made long enough
+    that what follows each takes at most `VALIDATION_SHARE` of it, in multiples of 50 steps,
+    at least `STEPS_PER_EPOCH`, and short enough for 8 epochs where the budget allows it.
+    """
+    if steps_per_epoch is None:
+        share = VALIDATION_SHARE
+        wanted = after_epoch_seconds * (1 - share) / (share * step_seconds)
+        at_most = seconds / step_seconds / 8
+        steps_per_epoch = max(STEPS_PER_EPOCH, 50 * math.ceil(min(wanted, at_most) / 50))
+    epochs = max(1, int(seconds / (steps_per_epoch * step_seconds + after_epoch_seconds)))
+    return epochs, steps_per_epoch
+
+
+def replan_epochs(planned, *, seconds, epoch_seconds, done=1, halve_every=None):
+    """The epochs of a budgeted run, planned again once `done` epochs have been timed.
+
+    `seconds` is what is left of the budget after them (less what follows the last epoch);
+    every further epoch costs `epoch_seconds`. The rate is constant until the first halving,
+    so changing the epochs repeats `epochs=N` exactly as long as the first halving (at a fifth
+    of the run, or every `halve_every` steps when given) stays past the `done` epochs under
+    both plans; otherwise `planned` is kept.
+    """
+    epochs = done + max(0, int(seconds / epoch_seconds))
+    if halve_every is None and min(epochs, planned) < (HALVINGS + 1) * done:
+        return planned
+    return epochs
+
+
+def next_replan(config, done):
+    """The epoch after which a budgeted run, planned again after `done` epochs, plans once
+    more, timed on warm epochs: the last before its first halving (at a fifth of the run);
+    None when that is not later."""
+    last = config.epochs // (HALVINGS + 1) - 1
+    return last if last >= done else None

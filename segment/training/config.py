@@ -1,0 +1,215 @@
+"""Training settings as one dataclass, saved as `config.json` in every run folder, and how
+the settings left open are chosen."""
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from segment import data
+from segment.imageio import DataError, write_text
+from segment.losses import LOSSES
+from segment.model import FULL_RESOLUTION_CHOICES
+from segment.training.devices import native_half_precision
+
+__all__ = [
+    "choose_working_size", "DATA_LR", "DATA_MINUTES", "HALVINGS", "MAX_WORKING_SIZE",
+    "STEPS_PER_EPOCH", "SYNTHETIC_LR", "SYNTHETIC_MINUTES", "SYNTHETIC_SIZE", "TrainConfig",
+    "check_config", "resolve_config",
+]
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that decides a training run. The defaults are `python scripts/train.py`."""
+
+    data: str | None = None  # image/mask folder; None trains on synthetic shapes made on the fly
+    out: str | None = None  # run folder; None means runs/<timestamp>
+    # Length of the run: `epochs`, or a wall-clock budget in `minutes` from which training
+    # works out the epochs (recorded here once known). With neither: SYNTHETIC_MINUTES on
+    # synthetic shapes, DATA_MINUTES on --data (segment.training).
+    epochs: int | None = None
+    minutes: float | None = None
+    # Batches per epoch (validation and checkpoints follow each epoch). None: 100, or with a
+    # wall-clock budget, as many as keep validation and checkpoints to a tenth of the time
+    # (recorded here once known; segment.training).
+    steps_per_epoch: int | None = None
+    batch_size: int = 8  # momentum SGD learnt more per second from 8 than from 16 (README)
+    # The side the network sees in training. Synthetic shapes: crops of size x size, learnt
+    # and predicted at their own scale. --data: the working size, the longer side every image
+    # is scaled to (in training and, as saved with the model, in prediction); None chooses it
+    # from the images (`segment.training.choose_working_size`, then `budget_working_size`).
+    size: int | None = None
+    loss: str = "composite"  # a key of segment.losses.LOSSES
+    # StepHalvingSGD's initial rate; None: SYNTHETIC_LR on synthetic shapes, DATA_LR on --data
+    # (segment.training; recorded here once known).
+    lr: float | None = None
+    momentum: float = 0.9
+    halve_every: int | None = None  # epochs between rate halvings; None: HALVINGS spread over the run
+    seed: int = 0  # one seed for weights, data stream, validation set and augmentation
+    difficulty: str = "mixed"  # synthetic preset (easy, medium, hard, varied, noisy) or mixed
+    val_count: int = 64  # synthetic validation images (a fixed set, drawn from its own seed)
+    val_fraction: float = 0.1  # held out of --data when it has no val/ folder
+    base_filters: int = 16  # width of build_model at full resolution
+    depth: int = 4  # down-samplings; sizes must be multiples of 2 ** depth
+    # The network's full-resolution level (segment.model.build_model): "light", the stem
+    # alone on the way down and one convolution on the way up, trained faster and scored
+    # better than "residual" blocks there (README, "What it took").
+    full_resolution: str = "light"
+    context: str = "none"  # "sweep" adds the recurrent SweepContext block at the bottleneck
+    # Expected share of foreground pixels, where the output bias starts; None measures it on
+    # the training masks (recorded here once known).
+    foreground_prior: float | None = None
+    # bfloat16 on CPU, float16 on GPU; None: on where the hardware computes it natively (a GPU,
+    # or a CPU with AVX512-BF16 or AMX), which trains this network about 1.5x faster.
+    mixed_precision: bool | None = None
+    strategy: str = "default"  # default, mirrored or multiworker
+    jit_compile: bool = False  # XLA; off because it measured slower on CPU for this model
+    threshold: float | None = None  # accept multi-valued --data masks, foreground > threshold
+
+    def to_json(self, path):
+        write_text(path, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def from_json(cls, path):
+        values = json.loads(Path(path).read_text())
+        # Run folders written before the setting existed trained residual blocks there.
+        values.setdefault("full_resolution", "residual")
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {unknown}")
+        defaults = cls()
+        for name, value in values.items():
+            default = getattr(defaults, name)
+            if default is None or value is None:  # the optional settings take either
+                continue
+            expected = float if isinstance(default, float) else type(default)
+            if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, expected):
+                if not (expected is float and isinstance(value, int)):
+                    raise ValueError(f"{path}: {name} must be {expected.__name__}, got {value!r}")
+        return cls(**values)
+
+
+# Wall-clock budgets when neither --epochs nor --minutes is given. A fixed number of epochs
+# takes twice as long on one 2-core machine as on another (40 epochs of the synthetic default:
+# 8 minutes on an AMD EPYC, 18 on an Intel Xeon at 2.1 GHz), so the default run is a budget:
+# 9 minutes of synthetic shapes leave the whole command inside 10 on any machine.
+SYNTHETIC_MINUTES = 9.0
+
+
+DATA_MINUTES = 10.0
+
+
+HALVINGS = 4  # rate halvings spread evenly over the run when --halve-every is not given
+
+
+STEPS_PER_EPOCH = 100  # batches per epoch when --steps-per-epoch is not given, but:
+
+
+# StepHalvingSGD's initial rate when --lr is not given. MSE-based losses have small gradients,
+# so the rates are high. Synthetic shapes: 4 epochs of a sweep gave 0.05 -> IoU 0.83, 0.15 ->
+# 0.89, 0.4 -> 0.93, 1.0 diverged. --data: on Kvasir-SEG (the same 10-minute run, seed 0),
+# 0.25 led 0.5 in validation IoU at every epoch and ended at 0.784 against 0.774 (README).
+SYNTHETIC_LR = 0.5
+
+
+DATA_LR = 0.25
+
+
+SYNTHETIC_SIZE = 128  # synthetic crop side when --size is not given
+
+
+# --data working size when --size is not given: the images' own longer side (median over the
+# training set), at most this.
+MAX_WORKING_SIZE = 128
+
+
+def check_config(config):
+    multiple = 2**config.depth
+    if config.size is not None and (config.size < multiple or config.size % multiple):
+        raise ValueError(
+            f"--size {config.size} cannot be taken by the network: use a multiple of {multiple} "
+            f"(2 ** depth, depth={config.depth})"
+        )
+    if config.loss not in LOSSES:
+        raise ValueError(f"unknown loss {config.loss!r}; choose from {', '.join(LOSSES)}")
+    if config.full_resolution not in FULL_RESOLUTION_CHOICES:
+        raise ValueError(
+            f"unknown full-resolution level {config.full_resolution!r}; use "
+            f"{' or '.join(FULL_RESOLUTION_CHOICES)}"
+        )
+    if config.strategy not in ("default", "mirrored", "multiworker"):
+        raise ValueError(f"unknown strategy {config.strategy!r}; use default, mirrored or multiworker")
+    for name in ("epochs", "steps_per_epoch", "batch_size", "halve_every"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if config.lr is not None and not config.lr > 0:
+        raise ValueError(f"--lr must be positive, got {config.lr}")
+    if config.minutes is not None and config.minutes <= 0:
+        raise ValueError(f"--minutes must be positive, got {config.minutes}")
+    if config.epochs is not None and config.minutes is not None:
+        raise ValueError("give --epochs or --minutes, not both")
+    if config.strategy == "multiworker" and config.out is None:
+        raise ValueError(
+            "--strategy multiworker needs --out: the same run folder for every worker, on "
+            "storage they share (the chief writes it, every worker resumes from its backup)"
+        )
+
+
+def choose_working_size(pairs, *, multiple, largest=MAX_WORKING_SIZE):
+    """The working size for a folder of images: their median longer side, at most `largest`,
+    rounded to a multiple of `multiple` (the network's size multiple).
+
+    Images are read for their size only (the file header), so this is fast on any folder.
+    """
+    longer_sides = []
+    for image_path, _ in pairs:
+        try:
+            with Image.open(image_path) as image:
+                longer_sides.append(max(image.size))
+        except (OSError, ValueError) as error:
+            raise DataError(f"{image_path}: cannot read the image size ({error})") from None
+    side = min(float(np.median(longer_sides)), largest)
+    return max(multiple, round(side / multiple) * multiple)
+
+
+def resolve_config(config, pairs):
+    """A copy of `config` with the settings left open filled in (all but a budget's epochs)."""
+    config = dataclasses.replace(config)
+    if config.size is None:
+        multiple = 2**config.depth
+        config.size = (
+            SYNTHETIC_SIZE if pairs is None
+            else choose_working_size(pairs[0], multiple=multiple)
+        )
+    if config.lr is None:
+        config.lr = SYNTHETIC_LR if pairs is None else DATA_LR
+    if config.foreground_prior is None:
+        if pairs is None:
+            _, masks = data.synthetic_arrays(
+                64, size=config.size, difficulty=config.difficulty, seed=config.seed
+            )
+            fraction = float(masks.mean())
+        else:
+            fraction = data.foreground_fraction(pairs[0], threshold=config.threshold)
+        config.foreground_prior = round(min(max(fraction, 0.01), 0.99), 4)
+    if config.mixed_precision is None:
+        # Across machines every worker must compute alike: float32 unless asked otherwise.
+        config.mixed_precision = config.strategy != "multiworker" and native_half_precision()
+    if config.epochs is None and config.minutes is None:
+        config.minutes = SYNTHETIC_MINUTES if pairs is None else DATA_MINUTES
+    if config.steps_per_epoch is None and config.epochs is not None:
+        config.steps_per_epoch = STEPS_PER_EPOCH  # a budget chooses its own (fit_budget)
+    return config
+
+
+def halve_every_steps(config):
+    """Steps between rate halvings: `halve_every` epochs, or HALVINGS spread over the run."""
+    if config.halve_every is not None:
+        return config.halve_every * config.steps_per_epoch
+    return max(1, math.ceil(config.epochs * config.steps_per_epoch / (HALVINGS + 1)))

@@ -1,0 +1,107 @@
+"""What a run trains and validates on: the training stream and the validation samples."""
+
+from pathlib import Path
+
+from segment import data
+from segment.imageio import DataError
+
+VALIDATION_SEED_OFFSET = 1_000_003  # the validation set is drawn from its own stream
+
+
+def folder_pairs(config):
+    """`(train_pairs, val_pairs)` of `--data`, paired and checked before any output is written."""
+    splits = data.dataset_splits(config.data)
+    if "train" not in splits and "all" not in splits:
+        raise DataError(
+            f"{config.data}: no training images: expected {config.data}/images or "
+            f"{config.data}/train (found only {', '.join(sorted(splits))})"
+        )
+    train_pairs = data.find_pairs(splits.get("train", splits.get("all")))
+    if "val" in splits:
+        return train_pairs, data.find_pairs(splits["val"])
+    train_pairs, val_pairs = data.split_pairs(
+        train_pairs, val_fraction=config.val_fraction, seed=config.seed
+    )
+    if not val_pairs:
+        raise DataError(
+            f"{config.data}: one image is not enough to train and validate; add images or a "
+            "val/ folder"
+        )
+    return train_pairs, val_pairs
+
+
+class FolderSamples:
+    """Validation samples `(name, image, truth)` read from their files on every pass, so
+    memory does not grow with the validation set (the files were checked at start-up)."""
+
+    def __init__(self, pairs, threshold):
+        self.pairs, self.threshold = pairs, threshold
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __iter__(self):
+        for image_path, mask_path in self.pairs:
+            image, mask = data.read_pair(image_path, mask_path, threshold=self.threshold)
+            yield Path(image_path).name, image, mask
+
+
+def training_stream(config, pairs, start, shard=None):
+    """The training stream, resumed at sample `start`.
+
+    `pairs` is `folder_pairs(config)` for `--data`, None for the synthetic stream; `shard`
+    is `(worker, workers)` for one worker's share of each batch.
+    """
+    if pairs is None:
+        return data.synthetic_dataset(
+            size=config.size,
+            batch_size=config.batch_size,
+            difficulty=config.difficulty,
+            seed=config.seed,
+            start=start,
+            shard=shard,
+        )
+    return data.folder_dataset(
+        pairs[0],
+        size=config.size,
+        batch_size=config.batch_size,
+        augment=True,
+        seed=config.seed,
+        threshold=config.threshold,
+        start=start,
+        shard=shard,
+    )
+
+
+def validation_samples(config, pairs):
+    """The validation samples `(name, image, truth)` at the images' own size: validation runs
+    the model as prediction does. `pairs` as for `training_stream`."""
+    if pairs is not None:
+        return FolderSamples(pairs[1], config.threshold)
+    images, masks = data.synthetic_arrays(
+        config.val_count,
+        size=config.size,
+        difficulty=config.difficulty,
+        seed=config.seed + VALIDATION_SEED_OFFSET,
+    )
+    return [
+        (f"{index:05d}", image, mask[..., 0] > 0.5)
+        for index, (image, mask) in enumerate(zip(images, masks))
+    ]
+
+
+def distributed_stream(config, pairs, start, strategy):
+    """Each worker's share of the training stream, as a distributed dataset: worker `i` of
+    `n` reads rows `i * b` to `(i + 1) * b - 1` of every batch, `b = batch_size / n`."""
+
+    def worker_stream(context):
+        if context.num_replicas_in_sync != context.num_input_pipelines:
+            raise ValueError(
+                f"--strategy multiworker takes one device per worker; this cluster has "
+                f"{context.num_replicas_in_sync} devices on {context.num_input_pipelines} workers"
+            )
+        shard = (context.input_pipeline_id, context.num_input_pipelines)
+        return training_stream(config, pairs, start, shard=shard)
+
+    return strategy.distribute_datasets_from_function(worker_stream)
+

@@ -1,0 +1,234 @@
+"""`train(config) -> (run folder, metrics)`: the whole training job, callable from a script
+or a test."""
+
+import contextlib
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import keras
+
+from segment.imageio import DataError, write_text
+from segment.model import spans_workers
+from segment.training.budget import Budget
+from segment.training.callbacks import run_folder_callbacks
+from segment.training.config import (
+    TrainConfig,
+    check_config,
+    halve_every_steps,
+    resolve_config,
+)
+from segment.training.devices import (
+    LOST_PEER,
+    is_chief,
+    lost_worker,
+    make_strategy,
+    precision,
+)
+from segment.training.inputs import (
+    distributed_stream,
+    folder_pairs,
+    training_stream,
+    validation_samples,
+)
+from segment.training.mask_settings import choose_mask_settings
+from segment.training.recipe import build_network, compile_network
+from segment.training.run_folder import (
+    BACKUP,
+    history_best,
+    prepare_run_folder,
+    unfinished,
+)
+
+__all__ = ["train"]
+
+
+def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
+    """Train a segmenter and leave everything in a run folder.
+
+    The run folder holds `config.json` (every setting, including those training chose),
+    `model.keras` (the epoch with the best validation IoU), `history.csv`, `metrics.json`
+    (per-image mean validation metrics of `model.keras`, segmented as `predict.py` segments:
+    at the images' own size), TensorBoard `logs/`, and while training `backup/`, from which a
+    killed run continues with `resume`.
+
+    With `config.minutes`, training first measures this machine's speed on a throwaway model,
+    then fixes the number of epochs that fit the budget and, unless given, their length
+    (both recorded in `config.json`) and trains exactly as `epochs=N` would, from the same
+    initial weights. Once the first epoch has run, the epochs are planned again from its own
+    time, and once more from whole warm epochs after the last epoch before the first halving
+    (`replan_epochs`; the rate is the same in those epochs under either plan), so a burst of
+    other work during the few timed steps does not shorten the whole run, and steps that
+    speed up over the first epochs do not leave time unused.
+
+    With `strategy="multiworker"` (one process per machine, each given its place by
+    `TF_CONFIG`), each worker reads its own share of every batch and the gradients are summed
+    across workers, so the run equals a single process's with the same batch size. Only the
+    chief (the `chief` task, else worker 0) writes the run folder; the others write nothing.
+    The run folder must be on storage every worker reads: after a failure, starting every
+    worker again with the same command continues from the chief's last backup.
+
+    Args:
+        config: a `TrainConfig`. Ignored when `resume` is given (the run's own config is used).
+        resume: a run folder to continue from its last completed epoch. Defaults to None.
+        overwrite: replace the outputs of an existing non-empty `config.out`. Defaults to False.
+        callbacks: extra Keras callbacks, run after the run folder's own. Defaults to none.
+        verbose: Keras progress: 1 (bar), 2 (a line per epoch); defaults to 1 on a terminal.
+
+    Returns:
+        `(run_folder, metrics)`: the `Path` of the run folder and the dict in `metrics.json`;
+        `(None, None)` on a worker that is not the chief.
+
+    Raises:
+        ValueError: a setting the network or data cannot take (including `DataError` for
+            a missing or bad `--data` folder or an existing run folder).
+    """
+    started = time.perf_counter()
+    config = _config_to_run(config, resume)
+    strategy = make_strategy(config.strategy)  # first: before any other TensorFlow work
+    config, resume = _continue_interrupted(config, resume, overwrite, strategy)
+    pairs = None if config.data is None else folder_pairs(config)
+    size_from_images = pairs is not None and config.size is None  # a budget may lower it
+    config = resolve_config(config, pairs)
+    _check_settings(config, strategy)
+    chief = is_chief(strategy)
+    folder, created = (prepare_run_folder(config, resume=resume, overwrite=overwrite) if chief
+                       else (None, False))  # another worker writes nothing; reads the backup
+    budget = None if config.epochs is not None else Budget(started + config.minutes * 60)
+    with precision(config.mixed_precision):
+        with _removed_if_unstarted(folder, created):
+            if budget is not None:
+                budget.plan(config, pairs, strategy, size_from_images=size_from_images)
+                config.to_json(folder / "config.json")
+            run = _Run(config, pairs, strategy, folder or Path(config.out))
+        seconds = run.fit(budget, folder, callbacks, verbose)
+    if not chief:
+        return None, None
+    return folder, _close(folder, run, budget, seconds=seconds, started=started)
+
+
+class _Run:
+    """A run's model, restored from its backup if it has one, and its data."""
+
+    def __init__(self, config, pairs, strategy, folder):
+        self.config, self.pairs, self.strategy = config, pairs, strategy
+        keras.utils.set_random_seed(config.seed)
+        with strategy.scope():
+            self.model = build_network(config)
+            compile_network(self.model, config, halve_every=halve_every_steps(config))
+        # The chief's run folder holds the backup; every other worker reads it there.
+        self.backup = keras.callbacks.BackupAndRestore(str(folder / BACKUP))
+        # Restore now rather than inside fit: the data stream must resume where it stopped.
+        self.backup.set_model(self.model)
+        with strategy.scope():
+            self.backup.on_train_begin()
+        start = int(self.model.optimizer.iterations.numpy()) * config.batch_size
+        self.initial_epoch = start // (config.batch_size * config.steps_per_epoch)
+        if spans_workers(strategy):
+            self.train_data = distributed_stream(config, pairs, start, strategy)
+        else:
+            self.train_data = training_stream(config, pairs, start)
+        self.validation = validation_samples(config, pairs)
+
+    def fit(self, budget, folder, callbacks, verbose):
+        """Train to the end (or a stop); the seconds it took."""
+        config, model = self.config, self.model
+        across_workers = spans_workers(self.strategy)
+        if folder is not None:
+            own = run_folder_callbacks(
+                folder, self.validation, self.backup,
+                best=history_best(folder / "history.csv", self.initial_epoch),
+                local_model=build_network(config) if across_workers else None,
+            )
+        else:
+            own = [keras.callbacks.TerminateOnNaN()]
+        verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
+
+        def fit(train_data, initial_epoch, extra_callbacks=()):
+            model.fit(train_data, epochs=config.epochs, initial_epoch=initial_epoch,
+                      steps_per_epoch=config.steps_per_epoch,
+                      shuffle=False,  # the streams are already in their seeded order
+                      callbacks=[*own, *callbacks, *extra_callbacks], verbose=verbose)
+
+        started = time.perf_counter()
+        try:
+            if budget is not None and config.epochs > 1:
+                budget.fit(fit, model, config, train_data=self.train_data,
+                           stream=lambda start: training_stream(config, self.pairs, start),
+                           validating=own[0], validation=self.validation, backup=self.backup,
+                           config_path=folder / "config.json")
+            else:
+                fit(self.train_data, self.initial_epoch)
+        except LOST_PEER as error:
+            if not across_workers:
+                raise
+            raise lost_worker(error) from None
+        return time.perf_counter() - started
+
+
+def _close(folder, run, budget, *, seconds, started):
+    """Choose the saved model's mask settings, score it as predicted, write metrics.json."""
+    config = run.config
+    stopped_at_deadline = budget.stopped_after if budget else None
+    # TerminateOnNaN, or a caller's callback
+    stopped_early = bool(run.model.stop_training) and stopped_at_deadline is None
+    if not (folder / "model.keras").exists():
+        raise RuntimeError("training stopped early (NaN loss?) before any epoch produced a model")
+    results = choose_mask_settings(folder / "model.keras", run.validation)
+    epochs_run = stopped_at_deadline or config.epochs
+    trained_images = (epochs_run - run.initial_epoch) * config.steps_per_epoch * config.batch_size
+    results.update(
+        {
+            "validation_images": len(run.validation),
+            "stopped_early": stopped_early,
+            "stopped_at_deadline": stopped_at_deadline,
+            "train_seconds": round(seconds, 1),
+            "train_images_per_second": round(trained_images / seconds, 1),
+            "total_seconds": round(time.perf_counter() - started, 1),
+        }
+    )
+    write_text(folder / "metrics.json", json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _config_to_run(config, resume):
+    """`config`, or a resumed run's own; checked."""
+    if resume:
+        config = TrainConfig.from_json(Path(resume) / "config.json")
+    # A budgeted run's config.json holds the epochs it planned beside its budget: resumed, it
+    # trains the rest of those epochs.
+    check_config(dataclasses.replace(config, minutes=None) if resume and config.epochs else config)
+    return config
+
+
+def _continue_interrupted(config, resume, overwrite, strategy):
+    """Across workers, every worker started again with the same command continues the
+    interrupted run in `config.out`."""
+    if spans_workers(strategy) and not resume and not overwrite and unfinished(config.out):
+        resume = config.out
+        config = TrainConfig.from_json(Path(resume) / "config.json")
+        print(f"continuing the interrupted run in {resume} from its last backup", flush=True)
+    return config, resume
+
+
+def _check_settings(config, strategy):
+    check_config(dataclasses.replace(config, minutes=None))
+    if spans_workers(strategy) and config.epochs is None:
+        raise ValueError(
+            "--strategy multiworker needs --epochs: every worker must run the same number of "
+            "epochs, and a --minutes budget would be measured on each machine apart"
+        )
+
+
+@contextlib.contextmanager
+def _removed_if_unstarted(folder, created):
+    """Removes a run folder this run created if its data or settings fail before training."""
+    try:
+        yield
+    except (DataError, ValueError):
+        if created:  # an unreadable file: leave nothing behind for a run that never started
+            shutil.rmtree(folder)
+        raise
