@@ -4,7 +4,9 @@ Importing TensorFlow 2.21 prints absl log lines straight to file descriptor 2 (t
 notice, "Could not find cuda drivers", a cuInit error on machines without a GPU), and no
 environment variable silences them all. They are written while TensorFlow loads and while it
 first looks for devices, so both happen here with descriptor 2 pointed at a temporary file;
-if that fails, what was captured is shown. `SEGMENT_TF_LOGS=1` keeps the messages.
+if that fails, what was captured is shown. TensorFlow's later C++ notices are left out too
+(`TF_CPP_MIN_LOG_LEVEL=2`, unless set otherwise): errors still show. This is the one place
+the project sets up TensorFlow's logging. `SEGMENT_TF_LOGS=1` keeps every message.
 
 This module must not import TensorFlow itself: `segment/__init__.py` calls it first.
 """
@@ -22,6 +24,7 @@ def tensorflow_start_up_hidden():
     if os.environ.get("SEGMENT_TF_LOGS") == "1" or "tensorflow" in sys.modules:
         yield
         return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:

@@ -226,7 +226,7 @@ class CompositeLoss(keras.losses.Loss):
       photographs where the object is 15% of the pixels, momentum SGD at a useful rate drove
       every pixel to background within the first epoch and never recovered. Dice is
       normalised by the object's own size, so the missed object keeps pulling. Measured on
-      real photographs (README, "Real photographs"): adding it raised IoU by 0.05 at equal
+      real photographs (docs/experiments.md, "Losses"): adding it raised IoU by 0.05 at equal
       steps and stopped the collapse.
     - Soft clDice (Shit et al. 2021) scores topology through soft skeletons and keeps thin
       parts connected. It is off by default: on photographs of compact objects it cost IoU,
@@ -242,7 +242,7 @@ class CompositeLoss(keras.losses.Loss):
         mse_weight: weight of the pixel-wise MSE. Defaults to `1.0`.
         smooth_weight: weight of the total-variation excess. Defaults to `2.0`: at 0.2 the
             term put about a twentieth of Dice's cost on a small speck and barely acted;
-            at 2.0, on real photographs (README, "Real photographs"), it cut spurious parts
+            at 2.0, on real photographs (docs/experiments.md), it cut spurious parts
             from 0.75 to 0.28 per image and holes from 0.61 to 0.23 at equal IoU (3 seeds);
             at 6.0 it held the prediction flat and nothing was learnt.
         connect_weight: weight of the soft clDice term. Defaults to `0.0`.

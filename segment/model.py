@@ -9,8 +9,8 @@ import tensorflow as tf
 from segment.layers import InstanceNormalize, LayerScale, SweepContext, subtract_mean
 
 __all__ = [
-    "DEFAULT_INFERENCE", "FULL_RESOLUTION_CHOICES", "InferenceSettings", "SegmentationModel",
-    "build_model", "check_min_part", "check_scales",
+    "BASE_FILTERS", "DEFAULT_INFERENCE", "DEPTH", "FULL_RESOLUTION", "FULL_RESOLUTION_CHOICES",
+    "InferenceSettings", "SegmentationModel", "build_model", "check_min_part", "check_scales",
 ]
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +94,11 @@ DEFAULT_INFERENCE = InferenceSettings().to_dict()
 
 # What build_model's full-resolution level can be.
 FULL_RESOLUTION_CHOICES = ("residual", "light")
+# The network train.py builds unless told otherwise (`segment.training.TrainConfig` takes its
+# defaults from here).
+BASE_FILTERS = 16
+DEPTH = 4
+FULL_RESOLUTION = "light"
 
 
 def _unscale_for_distribution(loss):
@@ -231,10 +236,10 @@ def _residual_block(x, filters, name, layer_scale_init):
 def build_model(
     input_shape=(None, None, 3),
     *,
-    base_filters=16,
-    depth=3,
+    base_filters=BASE_FILTERS,
+    depth=DEPTH,
     blocks_per_level=1,
-    full_resolution="residual",
+    full_resolution=FULL_RESOLUTION,
     layer_scale_init=1.0,
     context="none",
     context_units=32,
@@ -255,10 +260,8 @@ def build_model(
     With `full_resolution="light"` the full-resolution level has no residual blocks: the
     stem's features go straight to the first pooling and to the skip, and the decoder
     follows its last merge with one conv3x3-InstanceNormalize-ReLU. The two residual blocks
-    this leaves out, at the most pixels and the fewest channels, took a quarter of a
-    training step at 16 filters, and the network trained without them, at the same steps,
-    scored higher on every held-out set but `medium` (0.001-0.002 lower; README, "What it
-    took").
+    this leaves out took a quarter of a training step, and the network learnt as well without
+    them (docs/experiments.md, "The light full-resolution level").
 
     Each residual block is conv3x3-InstanceNormalize-ReLU-conv3x3-InstanceNormalize,
     scaled by a LayerScale and added to its input. Instance normalisation (not batch norm)
@@ -270,17 +273,16 @@ def build_model(
             multiple of `2 ** depth`. Defaults to `(None, None, 3)`.
         base_filters: filters at full resolution. Defaults to `16`.
         depth: number of 2x down-samplings; inputs must be multiples of `2 ** depth`
-            (8 by default). Defaults to `3`.
+            (16 by default). Defaults to `4`.
         blocks_per_level: residual blocks at each level (none at full resolution with
             `full_resolution="light"`). Defaults to `1`.
         full_resolution: `"residual"` (residual blocks at full resolution, as at every other
             level) or `"light"` (none: the stem, then one convolution after the decoder's
-            last merge). Defaults to `"residual"`; `train.py` (`TrainConfig`) trains
-            `"light"`.
+            last merge). Defaults to `"light"`.
         layer_scale_init: initial LayerScale factor of every residual branch. Defaults to
             `1.0`: with momentum SGD, branches started at 0.1 (as CaiT does for deep
-            transformers trained with Adam) learnt too slowly in a short run (README, "Real
-            photographs").
+            transformers trained with Adam) learnt too slowly in a short run
+            (docs/experiments.md).
         context: `"none"`, or `"sweep"` to add a `SweepContext` residual branch at the
             bottleneck, giving every pixel context from the whole image. Defaults to `"none"`.
         context_units: GRU units of each sweep direction. Defaults to `32`.

@@ -1,20 +1,20 @@
 """scripts/benchmark_losses.py in its quick mode: outputs, resuming, refusing other settings."""
 
 import csv
+import importlib
 import math
 import re
 import shutil
 
 import cv2
 import pytest
-from helpers import load_script
 
 HEADER = "loss,seed,iou,dice,boundary_f1,hd95,b0_error,b1_error,spurious,train_seconds"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return load_script("benchmark_losses")
+    return importlib.import_module("segment.benchmarks.losses")
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,20 @@
 """scripts/benchmark_real.py in its quick mode, and the plain stock U-Net it measures against."""
 
 import csv
+import importlib
 import time
 
 import numpy as np
 import pytest
-from helpers import load_script
 
 from segment import data
 from segment.evaluation import plain_unet as stock
-from segment.evaluation.plain_unet import PLAIN_SIZE, build_plain_unet, plain_segmenter, train_plain_unet
+from segment.evaluation.plain_unet import (
+    PLAIN_SIZE,
+    build_plain_unet,
+    plain_segmenter,
+    train_plain_unet,
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +27,7 @@ def dataset(tmp_path_factory):
 
 
 def test_quick_benchmark_trains_scores_and_resumes(dataset, tmp_path, capsys):
-    bench = load_script("benchmark_real")
+    bench = importlib.import_module("segment.benchmarks.real")
     out = tmp_path / "bench"
     args = ["--data", str(dataset), "--minutes", "0.05", "--quick", "--out", str(out),
             "--baselines", "otsu", "--worst", "2"]

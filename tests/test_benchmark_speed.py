@@ -1,11 +1,10 @@
 """scripts/benchmark_speed.py in its quick mode: it runs end to end and reports every figure."""
 
+import importlib
 import json
 
 import keras
 import pytest
-from helpers import load_script
-
 
 EXPECTED_NUMBERS = [
     "training_gflop_per_image",
@@ -35,7 +34,7 @@ EXPECTED_NUMBERS = [
 
 @pytest.fixture(scope="module")
 def speed_script():
-    return load_script("benchmark_speed")
+    return importlib.import_module("segment.benchmarks.speed")
 
 
 def test_quick_run_writes_every_figure(speed_script, tmp_path, capsys):
@@ -72,7 +71,7 @@ def test_forward_flops_by_hand(speed_script):
     # depth 1, 4 filters, 8x8: stem 3->4 (3x3), block 4->4 (two 3x3), bottleneck at 4x4
     # 4->8 (1x1 projection, two 3x3), merge 12->4 (1x1) and block 4->4 (two 3x3) at 8x8,
     # and the 1x1 4->1 output.
-    settings = {"base_filters": 4, "depth": 1}
+    settings = {"base_filters": 4, "depth": 1, "full_resolution": "residual"}
     full, half = 8 * 8, 4 * 4
     expected = 2 * (
         full * 3 * 4 * 9

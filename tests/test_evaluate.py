@@ -1,4 +1,5 @@
 import csv
+import importlib
 import json
 
 import cv2
@@ -7,13 +8,12 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from helpers import load_script
 from segment import evaluation
 from segment.evaluation import report as report_module
 from segment.imageio import write_png
 from segment.metrics import METRIC_NAMES
 
-evaluate = load_script("evaluate")
+evaluate = importlib.import_module("segment.cli.evaluate")
 
 CSV_COLUMNS = ["method", "file", *METRIC_NAMES, "seconds"]
 SUMMARY_KEYS = {*METRIC_NAMES, "seconds", "count"}

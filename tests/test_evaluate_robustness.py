@@ -1,15 +1,15 @@
 """scripts/evaluate_robustness.py on two tiny models: every condition, the same images for both."""
 
 import csv
+import importlib
 
 import keras
 import numpy as np
 import pytest
-from helpers import load_script
 
 from segment.model import build_model
 
-robustness = load_script("evaluate_robustness")
+robustness = importlib.import_module("segment.benchmarks.robustness")
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """scripts/export.py and exported models: parity with Keras, metadata, errors, no TensorFlow."""
 
+import importlib
 import json
 import subprocess
 import sys
@@ -7,23 +8,20 @@ import sys
 import keras
 import numpy as np
 import pytest
-
-from helpers import load_script
 from test_inference import random_image
 
 from segment import data
 from segment.deploy.export import ExportInstanceNormalize
-from segment.inference import load_exported
 from segment.imageio import DataError, read_image, write_png
-from segment.inference import load_segmenter, predict_probability
+from segment.inference import load_exported, load_segmenter, predict_probability
 from segment.losses import CompositeLoss
 from segment.model import build_model
 from segment.optimizers import StepHalvingSGD
 
 pytest.importorskip("onnxruntime", reason="the export extra is part of [dev]")
 
-export_script = load_script("export")
-predict_script = load_script("predict")
+export_script = importlib.import_module("segment.cli.export")
+predict_script = importlib.import_module("segment.cli.predict")
 INFERENCE = {
     "working_size": None, "threshold": 0.4, "tta": True, "scales": [1.0], "min_part": 0.01,
     "refine": False, "min_hole": 0.005,

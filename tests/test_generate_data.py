@@ -1,17 +1,16 @@
+import importlib
 import json
 
 import numpy as np
 import pytest
 
 import segment
-from helpers import load_script
 from segment import data
-
 
 
 @pytest.fixture(scope="module")
 def generate_data():
-    return load_script("generate_data")
+    return importlib.import_module("segment.cli.generate")
 
 
 def test_writes_splits_and_manifest_that_read_back(generate_data, tmp_path, capsys):

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from segment import losses
-from segment.losses import LOSSES, CompositeLoss, fourth_power_error, focal_loss
+from segment.losses import LOSSES, CompositeLoss, focal_loss, fourth_power_error
 
 
 def _square_target(size=32):

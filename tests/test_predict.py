@@ -1,3 +1,4 @@
+import importlib
 import os
 from pathlib import Path
 
@@ -6,15 +7,13 @@ import keras
 import numpy as np
 import pytest
 from skimage import measure
-
-from helpers import load_script
 from test_inference import random_image, tiny_model
 
 from segment.imageio import read_image
 from segment.inference import predict_probability, refine_mask
 from segment.model import build_model
 
-predict_script = load_script("predict")
+predict_script = importlib.import_module("segment.cli.predict")
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +75,8 @@ def test_every_output_kind_is_written_and_readable(tmp_path, model_path, capsys)
 
 def test_a_model_trained_at_a_working_size_is_applied_as_saved(tmp_path, capsys):
     keras.utils.set_random_seed(5)
-    model = build_model(base_filters=4, depth=2, inference={"working_size": 24, "threshold": 0.45})
+    model = build_model(base_filters=4, depth=2, full_resolution="residual",
+                        inference={"working_size": 24, "threshold": 0.45})
     path = tmp_path / "run" / "model.keras"
     path.parent.mkdir()
     model.save(path)

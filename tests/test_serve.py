@@ -11,18 +11,17 @@ pytest.importorskip("fastapi", reason="the serve extra is part of [dev]")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
+import importlib  # noqa: E402
 from PIL import Image  # noqa: E402
 from starlette.formparsers import MultiPartParser  # noqa: E402
-
-from helpers import load_script  # noqa: E402
 from test_inference import random_image  # noqa: E402
 
+from segment.deploy.server import create_app  # noqa: E402
 from segment.imageio import decode_image, encode_png  # noqa: E402
 from segment.inference import clean_mask, predict_probability  # noqa: E402
 from segment.model import build_model  # noqa: E402
-from segment.deploy.server import create_app  # noqa: E402
 
-serve_script = load_script("serve")
+serve_script = importlib.import_module("segment.cli.serve")
 LIMIT_BYTES, LIMIT_PIXELS = 300_000, 120_000
 
 
@@ -160,7 +159,7 @@ def test_serve_script_refuses_a_missing_model_with_one_line(tmp_path, capsys):
 
 
 def test_load_test_script_runs_a_real_server_and_reports(tmp_path, model):
-    loadtest = load_script("loadtest_serve")
+    loadtest = importlib.import_module("segment.benchmarks.serving")
     path = tmp_path / "model.keras"
     model.save(path)
     out = tmp_path / "load.json"

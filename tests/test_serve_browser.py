@@ -30,20 +30,21 @@ import httpx  # noqa: E402
 import keras  # noqa: E402
 import uvicorn  # noqa: E402
 from PIL import Image  # noqa: E402
+from playwright.sync_api import sync_playwright  # noqa: E402
 from scipy import ndimage  # noqa: E402
 from skimage import measure  # noqa: E402
-from playwright.sync_api import sync_playwright  # noqa: E402
 
+from segment.deploy.server import create_app  # noqa: E402
 from segment.imageio import encode_png  # noqa: E402
 from segment.inference import clean_mask  # noqa: E402
 from segment.model import build_model  # noqa: E402
-from segment.deploy.server import create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def server():
     keras.utils.set_random_seed(0)
-    model = build_model(base_filters=4, depth=2, inference={"threshold": 0.5})
+    model = build_model(base_filters=4, depth=2, full_resolution="residual",
+                        inference={"threshold": 0.5})
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import importlib
 import json
 import time
 
@@ -9,24 +10,29 @@ import cv2
 import keras
 import numpy as np
 import pytest
-from helpers import load_script
 
 from segment import data, metrics
-from segment.inference import InferenceSettings, load_segmenter, predict_mask, predict_probability
+from segment.inference import (
+    InferenceSettings,
+    load_segmenter,
+    predict_mask,
+    predict_probability,
+)
 from segment.model import build_model
 from segment.optimizers import StepHalvingSGD
 from segment.training import (
     STRAY_PART_PRICE,
     TrainConfig,
+    budget,
     budget_working_size,
     choose_mask_settings,
     choose_working_size,
+    mask_settings,
     plan_budget,
     replan_epochs,
     resolve_config,
     train,
 )
-from segment.training import budget, mask_settings
 from segment.training.budget import Budget, Deadline, time_refinement
 from segment.training.recipe import build_network
 
@@ -36,7 +42,7 @@ TINY = ["--size", "32", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size
 
 @pytest.fixture(scope="module")
 def train_script():
-    return load_script("train")
+    return importlib.import_module("segment.cli.train")
 
 
 def test_train_writes_a_complete_run_folder(train_script, tmp_path, capsys):
@@ -317,7 +323,7 @@ def test_training_builds_the_light_network_and_old_run_folders_the_residual_one(
 def test_the_default_run_is_a_budget_inside_ten_minutes(train_script):
     # A fixed number of epochs takes twice as long on one 2-core machine as on another; the
     # default run (no --epochs, no --minutes) is a wall-clock budget on synthetic shapes too.
-    options = {k: v for k, v in vars(train_script.parse_args([])).items()
+    options = {k: v for k, v in vars(train_script.build_parser().parse_args([])).items()
                if k not in ("resume", "overwrite")}
     resolved = resolve_config(TrainConfig(**options), None)
     assert resolved.epochs is None

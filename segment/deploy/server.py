@@ -18,6 +18,7 @@ Segmentation runs in a bounded pool of `workers` threads, so the event loop keep
 (the page, the health check, small images) while a large image is being segmented.
 """
 
+import contextlib
 import ctypes
 import io
 import threading
@@ -143,12 +144,10 @@ def create_app(
     # Keep uploads in memory up to the limit (Starlette spools larger parts to a temporary
     # file): nothing a user sends is written to disk.
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, max_upload_bytes)
-    limiter = anyio.CapacityLimiter(workers)
     page = PAGE.read_text(encoding="utf-8")
     multiple = size_multiple(model)
     # Warm up: the first prediction traces the network; do it before serving, once.
     predict_probability(model, np.zeros((multiple, multiple, 3), np.float32), tta=False)
-    lock = threading.Lock() if _backend(model) == "litert" else None  # one interpreter
 
     app = FastAPI(
         title="segment",
@@ -156,22 +155,7 @@ def create_app(
         version="1",
     )
     app.add_middleware(BodyLimit, limit=max_upload_bytes)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request, error):
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in problem['loc'][1:]) or 'request'}: {problem['msg']}"
-            for problem in error.errors()
-        )
-        return JSONResponse({"error": problems}, status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request, error):  # 404, 405, ...: the same JSON shape as ours
-        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request, error):  # never a traceback to the client
-        return JSONResponse({"error": "internal error while segmenting"}, status_code=500)
+    _add_error_handlers(app)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index():
@@ -190,7 +174,8 @@ def create_app(
             "max_pixels": max_pixels,
         }
 
-    @app.post(
+    segment_image = _segment_endpoint(_Segmenter(model), max_pixels, anyio.CapacityLimiter(workers))
+    app.post(
         "/api/segment",
         response_class=Response,
         responses={
@@ -199,7 +184,52 @@ def create_app(
             413: {"description": "upload or image too large"},
             415: {"description": "not a readable image"},
         },
-    )
+    )(segment_image)
+    return app
+
+
+def _add_error_handlers(app):
+    """Every error as JSON `{"error": "..."}`, never a traceback."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request, error):
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in problem['loc'][1:]) or 'request'}: {problem['msg']}"
+            for problem in error.errors()
+        )
+        return JSONResponse({"error": problems}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, error):  # 404, 405, ...: the same JSON shape as ours
+        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request, error):  # never a traceback to the client
+        return JSONResponse({"error": "internal error while segmenting"}, status_code=500)
+
+
+class _Segmenter:
+    """Segments an uploaded image as `predict.py` does, into a PNG of the kind asked for."""
+
+    def __init__(self, model):
+        self.model = model
+        self.lock = threading.Lock() if _backend(model) == "litert" else None  # one interpreter
+
+    def png(self, data, name, output, *, tta, **finish):
+        image = decode_image(data, name)
+        options = {} if tta is None else {"tta": tta}
+        with self.lock or contextlib.nullcontext():
+            probability = predict_probability(self.model, image, **options)
+        mask = finish_mask(self.model, image, probability, **finish)
+        png = encode_png(render_output(output, image, probability, mask))
+        del image, probability, mask
+        _release_freed_memory()
+        return png
+
+
+def _segment_endpoint(segmenter, max_pixels, limiter):
+    """`POST /api/segment`: its form field, query options and answers."""
+
     async def segment_image(
         file: UploadFile | None = File(None, description="the image (PNG, JPEG, BMP, TIFF)"),
         output: Literal[OUTPUT_KINDS] = Query(
@@ -235,31 +265,17 @@ def create_app(
             return _error(413, str(error))
         except DataError as error:
             return _error(415, str(error))
-
-        def work():
-            image = decode_image(data, name)
-            options = {} if tta is None else {"tta": tta}
-            if lock is None:
-                probability = predict_probability(model, image, **options)
-            else:
-                with lock:
-                    probability = predict_probability(model, image, **options)
-            mask = finish_mask(
-                model, image, probability, threshold=threshold, refine=refine,
-                min_area=min_area, fill_holes=fill_holes, min_part=min_part, min_hole=min_hole,
-            )
-            png = encode_png(render_output(output, image, probability, mask))
-            del image, probability, mask
-            _release_freed_memory()
-            return png
-
+        options = dict(tta=tta, threshold=threshold, refine=refine, min_area=min_area,
+                       fill_holes=fill_holes, min_part=min_part, min_hole=min_hole)
         try:
-            png = await anyio.to_thread.run_sync(work, limiter=limiter)
+            png = await anyio.to_thread.run_sync(
+                lambda: segmenter.png(data, name, output, **options), limiter=limiter
+            )
         except DataError as error:
             return _error(415, str(error))
         return Response(png, media_type="image/png")
 
-    return app
+    return segment_image
 
 
 class _TooManyPixels(Exception):

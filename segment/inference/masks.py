@@ -11,16 +11,10 @@ from segment.model import InferenceSettings, check_min_part
 __all__ = ["clean_mask", "finish_mask", "refine_mask", "REFINE_SIDE", "REFINE_SURE"]
 
 
-# GrabCut refinement (`refine_mask`): pixels whose probability is above REFINE_SURE are fixed
-# as foreground, those below 1 - REFINE_SURE as background, and GrabCut labels the rest from
-# the image's own colours, on the image scaled down to at most REFINE_SIDE pixels a side
-# (0.3-0.5 s per image there on 2 cores). A model uses it when training found that it scored
-# better on the validation images (`segment.training`): on ECSSD photographs, whose outlines
-# a 128-pixel working size blurs, test IoU 0.599 -> 0.651 and 0.590 -> 0.639 (two models,
-# sure above 0.97); on Kvasir-SEG polyps, whose colours barely differ from the tissue around
-# them, it cost 0.04 on validation and is left off (README, "On your own data"). Sure above
-# 0.995 rather than 0.97 leaves GrabCut more of each outline: validation IoU +0.026, +0.006
-# and +0.005 for three ECSSD models (README).
+# GrabCut refinement (`refine_mask`): pixels above REFINE_SURE stay foreground, those below
+# 1 - REFINE_SURE background, and GrabCut labels the rest from the image's colours, at most
+# REFINE_SIDE pixels a side. Used where training found it scores better on validation; why
+# these values: docs/experiments.md, "GrabCut refinement".
 REFINE_SURE = 0.995
 
 

@@ -22,8 +22,7 @@ __all__ = [
 
 
 # Under a --minutes budget, without --steps-per-epoch, epochs are made long enough that the
-# validation pass and the checkpoints after each take at most this share of the run: at 100
-# steps they took a quarter of a 10-minute Kvasir-SEG run (4 s of validation per 13 s epoch).
+# validation pass and the checkpoints after each take at most this share of the run.
 VALIDATION_SHARE = 0.1
 
 
@@ -34,15 +33,9 @@ DEADLINE_SLACK = 0.5
 
 
 # A --data budget that buys fewer than FEW_STEPS steps at the working size chosen from the
-# images works at 3/4 of it instead (`budget_working_size`), down to SMALLEST_WORKING_SIZE. On
-# a 2-core machine without AVX-512, where 10 minutes bought 400-500 steps at 128 on
-# Kvasir-SEG, `--size 96` fitted 750 (steps 1.47x faster) and scored 0.566 on the test split
-# against 0.470 and 0.444 (validation 0.639 against 0.570 and 0.576); this rule, which times
-# the machine again at 96, fitted 600 and scored 0.501; on ECSSD 0.599 -> 0.624. Where 128
-# bought 2500 steps (ECSSD, a faster machine), 96 scored level with it (README).
+# images works at 3/4 of it instead, not below SMALLEST_WORKING_SIZE: on slow machines more
+# steps at a smaller size learnt more (docs/experiments.md, "Budgets and time").
 FEW_STEPS = 1500
-
-
 SMALLEST_WORKING_SIZE = 96
 
 
@@ -311,11 +304,10 @@ def time_refinement(validation, model=None, timed=3):
     on the first `timed` images.
 
     GrabCut's time grows with the pixels a prediction leaves unsure, which differs by
-    dataset: the same made-up prediction took half what refining trained networks' real
-    predictions took on ECSSD photographs, and 2.75x on Kvasir-SEG's (README). So before
-    training it is timed on a made-up prediction (a centred disk, sure inside and outside,
-    unsure across a band of a tenth of the shorter side around its outline), and once a
-    `model` has trained, on that model's own predictions (the predicting itself untimed).
+    dataset, so before training it is timed on a made-up prediction (a centred disk, sure
+    inside and outside, unsure across a band of a tenth of the shorter side around its
+    outline), and once a `model` has trained, on that model's own predictions (the
+    predicting itself untimed).
     """
     samples = [sample for sample, _ in zip(validation, range(timed))]
     seconds = 0.0

@@ -12,7 +12,7 @@ from PIL import Image
 from segment import data
 from segment.imageio import DataError, write_text
 from segment.losses import LOSSES
-from segment.model import FULL_RESOLUTION_CHOICES
+from segment.model import BASE_FILTERS, DEPTH, FULL_RESOLUTION, FULL_RESOLUTION_CHOICES
 from segment.training.devices import native_half_precision
 
 __all__ = [
@@ -37,7 +37,7 @@ class TrainConfig:
     # wall-clock budget, as many as keep validation and checkpoints to a tenth of the time
     # (recorded here once known; segment.training).
     steps_per_epoch: int | None = None
-    batch_size: int = 8  # momentum SGD learnt more per second from 8 than from 16 (README)
+    batch_size: int = 8  # momentum SGD learnt more per second from 8 than from 16
     # The side the network sees in training. Synthetic shapes: crops of size x size, learnt
     # and predicted at their own scale. --data: the working size, the longer side every image
     # is scaled to (in training and, as saved with the model, in prediction); None chooses it
@@ -53,12 +53,11 @@ class TrainConfig:
     difficulty: str = "mixed"  # synthetic preset (easy, medium, hard, varied, noisy) or mixed
     val_count: int = 64  # synthetic validation images (a fixed set, drawn from its own seed)
     val_fraction: float = 0.1  # held out of --data when it has no val/ folder
-    base_filters: int = 16  # width of build_model at full resolution
-    depth: int = 4  # down-samplings; sizes must be multiples of 2 ** depth
-    # The network's full-resolution level (segment.model.build_model): "light", the stem
-    # alone on the way down and one convolution on the way up, trained faster and scored
-    # better than "residual" blocks there (README, "What it took").
-    full_resolution: str = "light"
+    base_filters: int = BASE_FILTERS  # width of build_model at full resolution
+    depth: int = DEPTH  # down-samplings; sizes must be multiples of 2 ** depth
+    # The network's full-resolution level (segment.model.build_model): "light" trains faster
+    # and scored better than "residual" (docs/experiments.md, "The network").
+    full_resolution: str = FULL_RESOLUTION
     context: str = "none"  # "sweep" adds the recurrent SweepContext block at the bottleneck
     # Expected share of foreground pixels, where the output bias starts; None measures it on
     # the training masks (recorded here once known).
@@ -94,32 +93,19 @@ class TrainConfig:
         return cls(**values)
 
 
-# Wall-clock budgets when neither --epochs nor --minutes is given. A fixed number of epochs
-# takes twice as long on one 2-core machine as on another (40 epochs of the synthetic default:
-# 8 minutes on an AMD EPYC, 18 on an Intel Xeon at 2.1 GHz), so the default run is a budget:
-# 9 minutes of synthetic shapes leave the whole command inside 10 on any machine.
+# Wall-clock budgets when neither --epochs nor --minutes is given: a fixed number of epochs
+# takes twice as long on one 2-core machine as on another, and 9 minutes of synthetic shapes
+# leave the whole default command inside 10 on any of them.
 SYNTHETIC_MINUTES = 9.0
-
-
 DATA_MINUTES = 10.0
-
-
 HALVINGS = 4  # rate halvings spread evenly over the run when --halve-every is not given
+STEPS_PER_EPOCH = 100  # batches per epoch when neither --steps-per-epoch nor a budget sets it
 
 
-STEPS_PER_EPOCH = 100  # batches per epoch when --steps-per-epoch is not given, but:
-
-
-# StepHalvingSGD's initial rate when --lr is not given. MSE-based losses have small gradients,
-# so the rates are high. Synthetic shapes: 4 epochs of a sweep gave 0.05 -> IoU 0.83, 0.15 ->
-# 0.89, 0.4 -> 0.93, 1.0 diverged. --data: on Kvasir-SEG (the same 10-minute run, seed 0),
-# 0.25 led 0.5 in validation IoU at every epoch and ended at 0.784 against 0.774 (README).
+# StepHalvingSGD's initial rate when --lr is not given: high, because MSE-based losses have
+# small gradients; photographs learnt better at half the synthetic rate (docs/experiments.md).
 SYNTHETIC_LR = 0.5
-
-
 DATA_LR = 0.25
-
-
 SYNTHETIC_SIZE = 128  # synthetic crop side when --size is not given
 
 

@@ -20,27 +20,18 @@ __all__ = ["MIN_HOLES", "MIN_PARTS", "STRAY_PART_PRICE", "choose_mask_settings"]
 
 
 # Shares of the image's pixels below which predicted foreground parts may be dropped
-# (`clean_mask`): after training, the model keeps the one that scores best on the validation
-# images, IoU less STRAY_PART_PRICE per stray part per image, saved as its `min_part`. On
-# Kvasir-SEG (five models) and Oxford flowers, the parts below 1% were nearly all stray: stray
-# parts per test image 0.18 -> 0.06 and 0.47 -> 0.09, IoU +0.001 and +0.002 (README).
+# (`clean_mask`); training keeps the one that scores best on the validation images as the
+# model's `min_part` (docs/experiments.md, "The smallest part").
 MIN_PARTS = (0.0025, 0.005, 0.01, 0.02)
 
 
-# What one stray part per image is worth in validation IoU when choosing `min_part`. Under the
-# earlier rule, "the fewest stray parts without lowering IoU", a synthetic default model (seed
-# 1) kept every part: dropping those below 0.25% cost its 64 validation images 0.0007 IoU and
-# removed 0.9 of 1.05 stray parts per image; kept, it left 2.8 stray parts per `hard` image
-# and 5.0 on a separately written generator's noisy scenes (with them dropped, 0.37 and 0.40,
-# at IoU +0.001 and -0.007). Where there are few stray parts to drop, the price can cost little
-# IoU: at most STRAY_PART_PRICE times the stray parts per image.
+# What one stray part (or wrong hole count) per image is worth in validation IoU when choosing
+# the mask settings: a price, because "no IoU lost at all" kept parts that cost IoU elsewhere.
 STRAY_PART_PRICE = 0.005
 
 
 # Shares of the image's pixels below which holes in the masks may be filled (`clean_mask`),
-# chosen with `min_part`, a wrong hole count priced as a stray part. On ECSSD, refined masks
-# had twice the unrefined ones' wrong hole counts (0.76 -> 1.51 per test image); filling
-# those below 0.25% of the image left 0.61, at equal IoU (README).
+# chosen with `min_part` (docs/experiments.md, "Small holes filled").
 MIN_HOLES = (0.0025, 0.01)
 
 
@@ -102,9 +93,7 @@ def choose_mask_settings(model_path, samples):
     results = summarize(rows)["model"]
     results.pop("count")
     results["seconds_per_image"] = results.pop("seconds")
-    # How far the mean could be from the same model's on more images drawn alike. One image's
-    # IoU spreads by 0.2-0.25 on photographs: 0.049 over 28 ECSSD images, 0.020 over 88 of
-    # Kvasir-SEG's (README).
+    # How far the mean could be from the same model's on more images drawn alike.
     ious = np.array([row["iou"] for row in rows])
     results["iou_standard_error"] = (
         float(ious.std(ddof=1) / math.sqrt(len(ious))) if len(ious) > 1 else None

@@ -10,11 +10,9 @@ from segment.optimizers import StepHalvingSGD
 __all__ = ["DATA_SCALES"]
 
 
-# A --data model's prediction averages these factors of the working size: the scale range
-# training augments over (0.75-1.25) in steps of 1/8. On Kvasir-SEG (five models) and Oxford
-# flowers, against the working size alone: validation IoU +0.006 and +0.002, stray parts and
-# wrong hole counts about halved on Kvasir (README). Each epoch's validation uses the working
-# size alone (a fifth of the cost); `metrics.json` scores the saved model with all of them.
+# A --data model's prediction averages these factors of the working size, the range training
+# augments over: fewer stray parts and wrong holes than one scale (docs/experiments.md). Each
+# epoch's validation uses the working size alone; `metrics.json` scores with all of them.
 DATA_SCALES = (0.75, 0.875, 1.0, 1.125, 1.25)
 
 
@@ -25,11 +23,8 @@ def build_network(config):
         full_resolution=config.full_resolution,
         context=config.context,
         foreground_prior=config.foreground_prior,
-        # A --data model works on images scaled to the working size; prediction does the same,
-        # and averages the four flips and DATA_SCALES, which at that size costs little (README).
-        # A synthetic model keeps each image at its own scale and averages the flips: on the
-        # default model's held-out and development sets, IoU +0.002 to +0.010 and fewer
-        # stray parts on all eight; its five scales cost `hard` (small objects) 0.03.
+        # Every model averages the four flips; a --data model, whose images are small at its
+        # working size, also DATA_SCALES (five scales cost synthetic `hard` shapes IoU).
         inference=(
             {"working_size": config.size, "tta": True, "scales": list(DATA_SCALES)}
             if config.data is not None else {"tta": True}

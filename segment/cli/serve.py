@@ -1,0 +1,91 @@
+"""Serve a trained model over HTTP: a web page to drop images on, and an API (rembg-style)."""
+
+import argparse
+import socket
+import sys
+from pathlib import Path
+
+
+from segment.cli.common import HelpFormatter, positive
+from segment.inference import load_segmenter, model_to_use
+
+EPILOG = """\
+examples:
+  python scripts/serve.py                                  # newest runs/*/model.keras
+  python scripts/serve.py --model runs/mine/model.onnx --port 8080
+  curl -F file=@photo.jpg "http://127.0.0.1:8000/api/segment?output=cutout" -o cutout.png
+
+endpoints:
+  /                 the page: drop an image, see overlay and cut-out, move the threshold
+  POST /api/segment multipart field "file"; ?output=mask|prob|overlay|cutout, threshold,
+                    tta, min_area, min_part, min_hole, fill_holes, refine;
+                    answers a PNG
+  GET /api/health   model, backend, input size multiple, default settings
+  /docs             the API's OpenAPI documentation
+
+It listens on 127.0.0.1 only, unless --host says otherwise (0.0.0.0: every interface; the
+server has no authentication). Uploads stay in memory; nothing is written to disk.
+Needs the serve extra: pip install -e ".[serve]"
+"""
+
+
+def build_parser(prog=None):
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter
+    )
+    parser.add_argument("--model", type=Path, default=None, metavar="PATH",
+                        help="model file (.keras, .onnx, .tflite, .xml); defaults to the newest "
+                             "RUNS_DIR/*/model.keras")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"),
+                        help="where to look for a model when --model is not given")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    parser.add_argument("--port", type=positive, default=8000, help="TCP port")
+    parser.add_argument("--workers", type=positive, default=2,
+                        help="images segmented at once (a bounded thread pool)")
+    parser.add_argument("--max-upload-mb", type=float, default=20.0,
+                        help="largest upload accepted, in MiB (larger: 413)")
+    parser.add_argument("--max-megapixels", type=float, default=40.0,
+                        help="largest image accepted, width x height in millions (larger: 413)")
+    return parser
+
+
+def main(argv=None, prog=None):
+    args = build_parser(prog).parse_args(argv)
+    try:
+        import uvicorn
+
+        from segment.deploy.server import create_app
+    except ImportError as error:
+        print(f"error: serving needs the serve extra ({error.name} is missing): "
+              'pip install -e ".[serve]"', file=sys.stderr)
+        return 2
+    if args.max_upload_mb <= 0 or args.max_megapixels <= 0:
+        print("error: --max-upload-mb and --max-megapixels must be positive", file=sys.stderr)
+        return 2
+    if args.port > 65535:
+        print(f"error: --port {args.port} is not a TCP port (1 to 65535)", file=sys.stderr)
+        return 2
+    try:  # uvicorn reports a busy port only in its log; find out first
+        with socket.socket() as probe:
+            probe.bind((args.host, args.port))
+    except OSError as error:
+        print(f"error: cannot listen on {args.host}:{args.port}: {error.strerror or error}",
+              file=sys.stderr)
+        return 2
+    try:
+        model_path = model_to_use(args.model, args.runs_dir)
+        model = load_segmenter(model_path)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    app = create_app(
+        model,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_pixels=int(args.max_megapixels * 1e6),
+        workers=args.workers,
+    )
+    print(f"serving {model_path} on http://{args.host}:{args.port}/ (Ctrl+C stops)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
