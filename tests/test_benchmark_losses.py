@@ -36,6 +36,7 @@ def _copy(folder, tmp_path):
     return copy
 
 
+@pytest.mark.slow
 def test_quick_run_writes_every_output(finished):
     lines = (finished / "results.csv").read_text().splitlines()
     assert lines[0] == HEADER
@@ -65,6 +66,7 @@ def test_rerun_skips_finished_runs(bench, finished, tmp_path, capsys):
     assert cv2.imread(str(out / "samples.png")) is not None  # redrawn from saved predictions
 
 
+@pytest.mark.slow
 def test_killed_benchmark_trains_only_the_missing_run(bench, finished, tmp_path):
     out = _copy(finished, tmp_path)
     lines = (out / "results.csv").read_text().splitlines(keepends=True)

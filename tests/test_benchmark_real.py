@@ -26,6 +26,7 @@ def dataset(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_quick_benchmark_trains_scores_and_resumes(dataset, tmp_path, capsys):
     bench = importlib.import_module("segment.benchmarks.real")
     out = tmp_path / "bench"
@@ -78,6 +79,7 @@ def test_quick_benchmark_trains_scores_and_resumes(dataset, tmp_path, capsys):
     assert "other settings" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_plain_unet_stops_at_its_deadline_and_predicts_at_native_size(dataset, monkeypatch):
     streams = []
 

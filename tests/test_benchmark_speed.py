@@ -1,9 +1,10 @@
-"""scripts/benchmark_speed.py in its quick mode: it runs end to end and reports every figure."""
+"""The speed benchmark: its quick run end to end, its table, its arithmetic."""
 
 import importlib
 import json
 
 import keras
+import numpy as np
 import pytest
 
 EXPECTED_NUMBERS = [
@@ -37,24 +38,71 @@ def speed_script():
     return importlib.import_module("segment.benchmarks.speed")
 
 
-def test_quick_run_writes_every_figure(speed_script, tmp_path, capsys):
+@pytest.mark.slow
+def test_quick_run_reports_figures_that_follow_from_its_own_samples(speed_script, tmp_path, capsys):
     out = tmp_path / "speed.json"
     assert speed_script.main(["--quick", "--json", str(out)]) == 0
     results = json.loads(out.read_text())
     for key in EXPECTED_NUMBERS:
         assert results[key] > 0, key
-    assert results["cpu"]["peak_gflops_fp32"] > 0
     assert results["settings"]["xla"] is False
+    # Every figure is what the repeats it keeps make of it: medians, and medians of the ratios
+    # within each repeat, recomputed here with numpy.
+    samples = results["samples"]["train_img_s"]
+    settings = speed_script.QUICK
+    flops = 3 * speed_script.forward_flops(settings, settings["size"], settings["size"]) / 1e9
+    assert results["training_gflop_per_image"] == pytest.approx(flops)
+    for policy in ("float32", "mixed_bfloat16"):
+        custom, stock = (np.array(samples[f"{kind}_{policy}"]) for kind in ("custom", "stock"))
+        assert len(custom) == settings["repeats"]
+        assert results[f"train_custom_{policy}_img_s"] == pytest.approx(np.median(custom))
+        assert results[f"train_ratio_custom_stock_{policy}"] == pytest.approx(
+            np.median(custom / stock))
+        assert results[f"train_custom_{policy}_gflops"] == pytest.approx(np.median(custom) * flops)
     printed = capsys.readouterr().out
-    assert "| ratio custom / stock |" in printed
+    ratios = [f"{results[f'train_ratio_custom_stock_{policy}']:.2f}"
+              for policy in ("float32", "mixed_bfloat16")]
+    assert f"| ratio custom / stock | {ratios[0]} | {ratios[1]} |" in printed
     assert str(out) in printed
     # The run leaves the global policy as it found it.
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
-def test_stock_twin_is_a_plain_keras_model_with_the_same_function(speed_script):
-    import numpy as np
+def test_the_table_puts_each_figure_in_its_row_and_column():
+    from segment.benchmarks.speed_table import markdown_table
 
+    results = {key: float(index + 1) for index, key in enumerate(EXPECTED_NUMBERS)}
+    results.update(
+        settings={"size": 32, "batch_size": 4, "inference_size": 32, "inference_batch": 2,
+                  "tiled_size": 96, "tile": 64, "xla": False, "repeats": 1},
+        cpu={"peak_gflops_fp32": 64.0, "cores": 2, "nominal_ghz": 2.0,
+             "flops_per_cycle_per_core": 16, "simd": "AVX2+FMA", "model": "a test CPU"},
+    )
+    table = markdown_table(results)
+    assert "| training, custom (img/s, 32x32, batch 4) | 3.0 | 7.0 |" in table
+    assert "| ratio custom / stock | 5.00 | 9.00 |" in table
+    # GFLOP/s with its share of the fp32 peak: 6 of 64 is 9%, 10 of 64 is 16%.
+    assert "| training GFLOP/s (% of fp32 peak) | 6.0 (9%) | 10.0 (16%) |" in table
+    assert "training 11.00x (stock Keras 12.00x)" in table
+
+
+@pytest.mark.parametrize("flags, simd, peak", [
+    ("fpu avx2 fma avx512f", "AVX-512", 2 * 2.5 * 64),
+    ("fpu avx2 fma", "AVX2+FMA", 2 * 2.5 * 32),
+])
+def test_the_cpu_peak_is_cores_times_clock_times_flops_per_cycle(monkeypatch, flags, simd, peak):
+    from segment.benchmarks import machine
+
+    cpuinfo = f"model name\t: Test CPU\ncpu MHz\t\t: 2500.000\nflags\t\t: {flags}\n"
+    monkeypatch.setattr(machine, "Path", lambda path: type("Fake", (), {
+        "read_text": staticmethod(lambda: cpuinfo)})())
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    cpu = machine.cpu_peak()
+    assert (cpu["model"], cpu["cores"], cpu["simd"]) == ("Test CPU", 2, simd)
+    assert cpu["peak_gflops_fp32"] == pytest.approx(peak)
+
+
+def test_stock_twin_is_a_plain_keras_model_with_the_same_function(speed_script):
     from segment.model import SegmentationModel, build_model
 
     custom = build_model(base_filters=4, depth=2)

@@ -86,11 +86,20 @@ def test_a_job_s_exit_status_is_the_command_s(monkeypatch):
     assert calls == [(["--model", "m.keras"], "segment export")]
 
 
+def test_python_m_segment_is_the_command(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["segment", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("segment", run_name="__main__")
+    assert exit_info.value.code == 0
+    assert "usage: segment JOB" in capsys.readouterr().out
+
+
 def test_the_installed_command_is_this_main():
     (command,) = entry_points(group="console_scripts", name="segment")
     assert command.load() is segment.cli.main
 
 
+@pytest.mark.slow
 def test_python_m_segment_runs_a_job_like_its_script():
     def help_text(*args):
         result = subprocess.run([sys.executable, *args, "--help"], capture_output=True,

@@ -61,6 +61,7 @@ def test_report_has_every_model_axis_and_strength(model_paths, tmp_path, capsys)
     assert "distinct" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_mask_settings_reach_every_model(model_paths, tmp_path, monkeypatch):
     # Each model finishes its masks with its own settings unless the flags say otherwise.
     options = []

@@ -65,6 +65,7 @@ def float32_model(path):
     return load_exported(path, precision="float32") if path.suffix == ".xml" else load_segmenter(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("format", ["onnx", "litert", "openvino"])
 def test_exported_probabilities_equal_keras_at_any_size_and_tiled(trained, exported, format):
     keras_model = load_segmenter(trained)
@@ -85,6 +86,7 @@ def test_exported_probabilities_equal_keras_at_any_size_and_tiled(trained, expor
         assert np.mean((got > 0.4) == (expected > 0.4)) >= 0.999
 
 
+@pytest.mark.slow
 def test_an_onnx_conversion_that_disagrees_with_keras_is_done_again(tmp_path, trained, monkeypatch, capsys):
     from segment.deploy import export
 
@@ -114,6 +116,7 @@ def test_an_onnx_conversion_that_disagrees_with_keras_is_done_again(tmp_path, tr
     assert not never.exists() and list(tmp_path.glob(".never.onnx*")) == []
 
 
+@pytest.mark.slow
 def test_an_openvino_export_is_checked_and_replaced_whole(tmp_path, trained, monkeypatch, capsys):
     from segment.deploy import export
 
@@ -149,6 +152,7 @@ def test_the_export_form_of_instance_normalisation_equals_group_normalisation():
     np.testing.assert_allclose(np.asarray(layer(x)), np.asarray(stock(x)), atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("format", ["onnx", "litert", "openvino"])
 def test_a_mixed_precision_model_exports_in_float32(tmp_path, format):
     # Training on a CPU with bfloat16 instructions (or a GPU) saves a mixed-precision model;

@@ -43,6 +43,7 @@ def _assert_same_weights(first, second):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_fit_matches_stock_fit():
     images, masks = _data()
     ours, stock = _twins()
@@ -57,6 +58,7 @@ def test_fit_matches_stock_fit():
     )
 
 
+@pytest.mark.slow
 def test_sample_weight_changes_the_update_like_stock():
     images, masks = _data()
     weights = np.array([1.0, 0.0, 2.0, 0.5, 1.0, 0.0, 1.0, 3.0], dtype="float32")
@@ -72,6 +74,7 @@ def test_sample_weight_changes_the_update_like_stock():
     assert max(differences) > 1e-4
 
 
+@pytest.mark.slow
 def test_mirrored_step_matches_single_device_step():
     devices = tf.config.list_logical_devices("CPU")
     if len(devices) < 2:
@@ -140,6 +143,7 @@ def test_output_bias_starts_at_the_foreground_prior():
         build_model(**TINY, foreground_prior=1.0)
 
 
+@pytest.mark.slow
 def test_saved_model_loads_in_safe_mode_in_a_new_process(tmp_path):
     keras.utils.set_random_seed(1)
     model = build_model(**TINY)

@@ -22,6 +22,8 @@ import pytest
 
 from segment.inference import load_segmenter
 
+pytestmark = pytest.mark.slow  # real worker processes
+
 TRAIN = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
 TINY = [
     "--epochs", "3", "--steps-per-epoch", "4", "--batch-size", "4", "--size", "32",

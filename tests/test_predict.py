@@ -73,6 +73,7 @@ def test_every_output_kind_is_written_and_readable(tmp_path, model_path, capsys)
     ]
 
 
+@pytest.mark.slow
 def test_a_model_trained_at_a_working_size_is_applied_as_saved(tmp_path, capsys):
     keras.utils.set_random_seed(5)
     model = build_model(base_filters=4, depth=2, full_resolution="residual",

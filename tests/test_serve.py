@@ -158,6 +158,7 @@ def test_serve_script_refuses_a_missing_model_with_one_line(tmp_path, capsys):
     assert "not a TCP port" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_load_test_script_runs_a_real_server_and_reports(tmp_path, model):
     loadtest = importlib.import_module("segment.benchmarks.serving")
     path = tmp_path / "model.keras"

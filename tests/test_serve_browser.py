@@ -18,6 +18,8 @@ import time
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # a real browser
+
 REQUIRED = os.environ.get("SEGMENT_REQUIRE_BROWSER") == "1"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if not REQUIRED:

@@ -82,6 +82,7 @@ def test_train_warns_when_the_run_collapsed_to_an_empty_mask(train_script, tmp_p
     assert "collapsed" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_on_an_image_mask_folder_reports_what_prediction_delivers(train_script, tmp_path):
     # Images of several sizes and shapes, none of them the working size.
     for index, size in enumerate([(40, 56), (48, 36), (60, 60), (36, 52), (44, 44), (52, 40)]):
@@ -138,6 +139,7 @@ def _saved_tiny_model(path):
     return model
 
 
+@pytest.mark.slow
 def test_training_keeps_the_part_size_worth_most_in_iou_and_stray_parts(
     tmp_path, monkeypatch
 ):
@@ -207,6 +209,7 @@ def test_training_keeps_the_part_size_worth_most_in_iou_and_stray_parts(
         assert results["without_min_part"]["spurious"] == strays / 2
 
 
+@pytest.mark.slow
 def test_training_fills_the_holes_validation_shows_are_pinholes(tmp_path, monkeypatch):
     # Image a: predicted with two 4-pixel pinholes its truth lacks; image b: a true hole of
     # 36 pixels (0.36% of the image), predicted as it is. Filling holes below 0.25% (25
@@ -232,6 +235,7 @@ def test_training_fills_the_holes_validation_shows_are_pinholes(tmp_path, monkey
     assert keras.saving.load_model(path, safe_mode=True).inference["min_hole"] == 0.0025
 
 
+@pytest.mark.slow
 def test_training_refines_masks_with_grabcut_where_validation_gains(tmp_path, monkeypatch):
     # A bright square on a dark ground, predicted soft: sure of a core 5 pixels inside the
     # outline (900 of its 1600 pixels), unsure (0.3) of a band reaching 5 pixels past it.
@@ -273,6 +277,7 @@ def test_a_budget_of_few_steps_works_at_three_quarters_of_the_size():
     assert budget_working_size(100, 10, multiple=8, smallest=16) == 72  # 75 -> nearest 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [None, 64])
 def test_a_data_budget_of_few_steps_plans_again_at_the_smaller_size(tmp_path, monkeypatch, size):
     # Images 64 px on their longer side: the working size chosen from them is 64. A budget
@@ -331,6 +336,7 @@ def test_the_default_run_is_a_budget_inside_ten_minutes(train_script):
     assert resolve_config(TrainConfig(epochs=3), None).minutes is None
 
 
+@pytest.mark.slow
 def test_a_time_budget_fixes_epochs_that_repeat_exactly(tmp_path, monkeypatch):
     # Equal to --epochs N unless the machine slows down past the plan: this test's epochs are
     # too short for their pace to mean anything, so the deadline's guard is off.
@@ -349,6 +355,7 @@ def test_a_time_budget_fixes_epochs_that_repeat_exactly(tmp_path, monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_a_budget_planned_too_short_is_planned_again_after_the_first_epoch(tmp_path, monkeypatch):
     # The throwaway steps said 6 epochs fit 30 seconds; the first real epoch shows that many
     # more do (at least 10, for the second re-plan, even on a machine where each tiny epoch's
@@ -384,6 +391,7 @@ def test_a_budget_planned_too_short_is_planned_again_after_the_first_epoch(tmp_p
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_a_budgeted_run_stopped_in_its_first_epoch_stops_there(tmp_path, monkeypatch):
     # A caller's callback (or TerminateOnNaN) stops the run in the epoch the budget is
     # planned again from: no second fit, no backup left behind.
@@ -452,6 +460,7 @@ def test_the_deadline_stops_a_run_whose_epochs_slowed_down():
     assert not model.stop_training and on_pace.stopped_after is None
 
 
+@pytest.mark.slow
 def test_a_budgeted_run_planned_too_long_stops_at_its_deadline(tmp_path, monkeypatch):
     # A plan of 2000 epochs for 15 seconds that is never planned again: the deadline's guard
     # stops it, history and checkpoint are consistent, and the run is not "stopped early".
@@ -499,6 +508,7 @@ def test_a_budget_makes_epochs_long_enough_that_validation_takes_a_tenth():
     assert plan_budget(1, step_seconds=0.1, after_epoch_seconds=4) == (1, 100)
 
 
+@pytest.mark.slow
 def test_the_rate_halves_evenly_over_the_whole_run(tmp_path):
     config = TrainConfig(out=str(tmp_path / "run"), size=32, epochs=10, steps_per_epoch=2,
                          batch_size=4, val_count=2, base_filters=4, depth=2, lr=0.1)
@@ -526,6 +536,7 @@ class _FinalWeights(keras.callbacks.Callback):
         self.weights = self.model.get_weights()
 
 
+@pytest.mark.slow
 def test_a_resumed_run_ends_with_the_same_weights(tmp_path):
     def config(name):
         return TrainConfig(out=str(tmp_path / name), size=32, epochs=3, steps_per_epoch=2,
@@ -549,6 +560,7 @@ def test_a_resumed_run_ends_with_the_same_weights(tmp_path):
     assert not (tmp_path / "killed").exists() and not (tmp_path / "moved" / "backup").exists()
 
 
+@pytest.mark.slow
 def test_a_resumed_budgeted_run_trains_the_epochs_it_planned(tmp_path, monkeypatch):
     # config.json records the planned epochs beside the budget; a killed run resumes them.
     monkeypatch.setattr(budget, "fit_budget", lambda *args: (3, 2, 0.05, 0.0))
@@ -606,6 +618,7 @@ def test_unpaired_files_and_existing_out_are_refused(train_script, tmp_path, cap
     assert (tmp_path / "b" / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_not_resumed_over(train_script, tmp_path, capsys):
     out = tmp_path / "run"
     assert train_script.main(TINY + ["--out", str(out)]) == 0
