@@ -1,6 +1,6 @@
 """Loss-variant benchmark: one segmenter per loss and seed, scored on one fixed test set.
 
-Every loss trains the same network (`build_model(full_resolution="residual")`) on the same
+Every loss trains the same network (the residual `build_model` of depth 3 in FULL) on the same
 synthetic data stream, for the same steps, with the same StepHalvingSGD settings; seed `s`
 fixes both the initial weights (equal across losses) and the training stream. Each model is
 scored with `segment.metrics` on one test set drawn from a seed no training stream uses.
@@ -72,7 +72,7 @@ TEST_SEED = 2_000_003
 OUTPUTS = ("results.csv", "results.md", "results.png", "samples.png", "settings.json")
 
 # Full-run settings: 7 losses x 3 seeds in about 15-20 minutes on 2 CPU cores. The network is
-# residual build_model(); lr 0.4 is the rate the MSE-type losses need (their gradients are
+# residual build_model() of depth 3; lr 0.4 is the rate the MSE-type losses need (their gradients are
 # small), used for every loss so that they all see the same optimizer.
 FULL = {"losses": ",".join(LOSSES), "seeds": 3, "steps": 200, "size": 64, "batch_size": 8,
         "lr": 0.4, "test_count": 64, "base_filters": 16, "depth": 3}

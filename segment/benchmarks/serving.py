@@ -1,4 +1,5 @@
-"""Load test of the HTTP API (`segment serve`) on loopback: latency, throughput, errors and memory growth.
+"""Load test of the HTTP API (`segment serve`) on loopback: latency, throughput, errors and
+memory growth.
 
 Starts the server in its own process, warms it up, then sends --requests uploads from
 --clients concurrent clients, cycling through images of mixed sizes (and so mixed costs), and

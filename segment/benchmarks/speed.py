@@ -216,7 +216,8 @@ def exported_backends(model, folder):
     computes it natively, and in float32), or `{}` without the export extra
     (`pip install -e ".[export]"`)."""
     try:
-        from segment.deploy.export import export_model, load_exported
+        from segment.deploy.export import export_model
+        from segment.inference import load_exported
 
         backends = {}
         for format, name, suffix in (("onnx", "onnxruntime", ".onnx"), ("litert", "litert", ".tflite"),

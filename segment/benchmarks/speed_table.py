@@ -1,4 +1,4 @@
-"""The speed benchmark's results as a Markdown table, with every ratio's spread."""
+"""The speed benchmark's results as a Markdown table, with notes on how they were measured."""
 
 __all__ = ["POLICIES", "markdown_table"]
 

@@ -2,9 +2,12 @@
 
 import argparse
 import sys
+from pathlib import Path
+
+from segment.model import check_min_part, check_scales
 
 __all__ = [
-    "HelpFormatter", "add_inference_flags", "choice_list", "fail", "inference_options",
+    "HelpFormatter", "add_inference_flags", "add_model_flags", "choice_list", "fail", "inference_options",
     "non_negative", "part_share", "positive", "probability", "scale_list",
 ]
 
@@ -33,8 +36,6 @@ def probability(text):
 
 def part_share(text):
     """A share of an image's pixels in [0, 1), e.g. `0.01` (`segment.model.check_min_part`)."""
-    from segment.model import check_min_part
-
     try:
         return check_min_part(text)
     except ValueError:
@@ -59,8 +60,6 @@ def positive(text):
 
 def scale_list(text):
     """Comma-separated positive factors, e.g. `0.75,1,1.25` (`segment.model.check_scales`)."""
-    from segment.model import check_scales
-
     try:
         return list(check_scales(part for part in text.split(",") if part.strip()))
     except ValueError:
@@ -119,6 +118,16 @@ _INFERENCE_FLAGS = {
         help="fill holes smaller than this share of the image's pixels, e.g. 0.0025; 0: none "
              "(default: the model's own, chosen on validation by train.py)")),
 }
+
+
+def add_model_flags(parser):
+    """`--model PATH` and `--runs-dir DIR`, where the newest model is found without --model
+    (`segment.inference.model_to_use` reads them back)."""
+    parser.add_argument("--model", type=Path, default=None, metavar="PATH",
+                        help="model file (.keras, or .onnx/.tflite/.xml from export.py); defaults "
+                             "to the newest RUNS_DIR/*/model.keras")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"),
+                        help="where to look for a model when --model is not given")
 
 
 def add_inference_flags(parser):

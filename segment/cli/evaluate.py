@@ -5,10 +5,12 @@ import json
 import sys
 from pathlib import Path
 
-
-from segment.evaluation.baselines import BASELINES
 from segment.cli.common import (
-    HelpFormatter, add_inference_flags, choice_list, inference_options, non_negative,
+    HelpFormatter,
+    add_inference_flags,
+    choice_list,
+    inference_options,
+    non_negative,
 )
 from segment.data import find_pairs
 from segment.evaluation import (
@@ -21,6 +23,7 @@ from segment.evaluation import (
     write_per_image_csv,
     write_report,
 )
+from segment.evaluation.baselines import BASELINES
 from segment.imageio import DataError, write_png
 
 EPILOG = """\

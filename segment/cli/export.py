@@ -5,7 +5,6 @@ import argparse
 import sys
 from pathlib import Path
 
-
 from segment.cli.common import HelpFormatter
 from segment.deploy.export import FORMATS, default_path, export_model
 from segment.imageio import DataError

@@ -4,9 +4,14 @@ import argparse
 import sys
 from pathlib import Path
 
-
 from segment.cli.common import (
-    HelpFormatter, add_inference_flags, choice_list, inference_options, non_negative, positive,
+    HelpFormatter,
+    add_inference_flags,
+    add_model_flags,
+    choice_list,
+    inference_options,
+    non_negative,
+    positive,
 )
 from segment.inference import (
     OUTPUT_KINDS,
@@ -50,11 +55,7 @@ def build_parser(prog=None):
                         help="image files, folders or glob patterns (PNG, JPEG, BMP, TIFF)")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR",
                         help="folder for the outputs")
-    parser.add_argument("--model", type=Path, default=None, metavar="PATH",
-                        help="model file (.keras, or .onnx/.tflite/.xml from export.py); defaults to the newest "
-                             "RUNS_DIR/*/model.keras")
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs"),
-                        help="where to look for a model when --model is not given")
+    add_model_flags(parser)
     parser.add_argument("--recursive", action="store_true",
                         help="descend into sub-folders of input folders; ** in patterns")
     parser.add_argument("--save", type=choice_list(OUTPUT_KINDS, what="output kind(s)"), default=[], metavar="KINDS",

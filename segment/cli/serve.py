@@ -3,10 +3,8 @@
 import argparse
 import socket
 import sys
-from pathlib import Path
 
-
-from segment.cli.common import HelpFormatter, positive
+from segment.cli.common import HelpFormatter, add_model_flags, positive
 from segment.inference import load_segmenter, model_to_use
 
 EPILOG = """\
@@ -34,11 +32,7 @@ def build_parser(prog=None):
         prog=prog,
         description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter
     )
-    parser.add_argument("--model", type=Path, default=None, metavar="PATH",
-                        help="model file (.keras, .onnx, .tflite, .xml); defaults to the newest "
-                             "RUNS_DIR/*/model.keras")
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs"),
-                        help="where to look for a model when --model is not given")
+    add_model_flags(parser)
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     parser.add_argument("--port", type=positive, default=8000, help="TCP port")
     parser.add_argument("--workers", type=positive, default=2,

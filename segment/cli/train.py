@@ -3,9 +3,7 @@
 import argparse
 import sys
 
-
 from segment.cli.common import HelpFormatter
-from segment.training import TrainConfig
 from segment.data import DIFFICULTIES
 from segment.losses import LOSSES
 from segment.model import FULL_RESOLUTION_CHOICES
@@ -15,13 +13,14 @@ from segment.training import (
     FEW_STEPS,
     HALVINGS,
     MAX_WORKING_SIZE,
+    SMALLEST_WORKING_SIZE,
     STEPS_PER_EPOCH,
     SYNTHETIC_LR,
     SYNTHETIC_MINUTES,
     SYNTHETIC_SIZE,
-    SMALLEST_WORKING_SIZE,
+    TrainConfig,
+    train,
 )
-from segment.training import train
 
 EXAMPLES = f"""examples:
   python scripts/train.py                                # synthetic shapes, no download

@@ -12,18 +12,15 @@ from segment.imageio import scale_image, scaled_shape
 # brightness +-0.1 and gamma 0.7-1.4, identical for every pixel.
 AUGMENT_SCALE = (0.75, 1.25)
 
-
 _ROTATION = 30.0
 
 
 _SHIFT = 0.15
 
-
 _SATURATION = (0.7, 1.3)
 
 
 _CONTRAST = (0.7, 1.3)
-
 
 _BRIGHTNESS = 0.1
 

@@ -1,5 +1,4 @@
-"""Exported segmenters: writing ONNX, LiteRT, OpenVINO and SavedModel files, and running the
-first three.
+"""Exporting segmenters: ONNX, LiteRT, OpenVINO and SavedModel files.
 
 `export_model` converts a trained `model.keras` with Keras 3's own `model.export`, in float32
 whatever precision it was trained in, after two changes for the converters, each the same
@@ -18,11 +17,9 @@ multiple) travels with the file: in ONNX's `metadata_props` under the key `segme
 sidecar `<file>.json` beside a `.tflite`, in the OpenVINO model's `rt_info` under `segment`,
 and as `segment.json` inside a SavedModel folder.
 
-`load_exported(path)` opens an `.onnx` (onnxruntime), `.tflite` (LiteRT) or `.xml` (OpenVINO,
-with its `.bin` beside it) file as an object
-with the part of the `keras.Model` interface that `segment.inference` uses (`predict_on_batch`,
-`inference`, `size_multiple`), so `predict.py` and `evaluate.py` run it unchanged. The runtimes
-are an optional extra: `pip install -e ".[export]"`.
+`segment.inference.load_exported` runs what this writes, so `predict.py` and `evaluate.py` run
+an exported file as they run the `.keras` model. The converters and runtimes are an optional
+extra: `pip install -e ".[export]"`.
 """
 
 import json
@@ -54,7 +51,6 @@ __all__ = [
 
 # format -> file suffix ("" for a folder)
 FORMATS = {"onnx": ".onnx", "litert": ".tflite", "openvino": ".xml", "saved_model": ""}
-
 
 _SIDECAR = "segment.json"  # inside a SavedModel folder
 

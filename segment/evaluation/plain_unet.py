@@ -53,7 +53,7 @@ def build_plain_unet(*, depth=4, base_filters=16):
     return keras.Model(inputs, outputs, name="plain_unet")
 
 
-class Deadline(keras.callbacks.Callback):
+class _Deadline(keras.callbacks.Callback):
     """Stops `fit` once the wall clock passes `deadline` (a `time.perf_counter()` value)."""
 
     def __init__(self, deadline):
@@ -123,7 +123,7 @@ def train_plain_unet(pairs, *, minutes, batch_size=16, seed=0, threshold=None, v
         dataset,
         epochs=1_000_000,  # until the deadline
         steps_per_epoch=steps_per_epoch,
-        callbacks=[Deadline(deadline)],
+        callbacks=[_Deadline(deadline)],
         shuffle=False,  # the dataset shuffles itself
         verbose=verbose,
     )

@@ -11,13 +11,7 @@ from segment.evaluation.scoring import COLUMNS, method_values
 from segment.inference import error_picture
 from segment.metrics import METRIC_NAMES
 
-__all__ = [
-    "COLUMNS", "LEGEND", "report_table", "worst_sheet", "write_per_image_csv", "write_report",
-]
-
-
-# Report column headings and number formats, in METRIC_NAMES order, then seconds per image.
-
+__all__ = ["LEGEND", "report_table", "worst_sheet", "write_per_image_csv", "write_report"]
 
 LEGEND = """\
 Mean ± standard deviation over images; higher is better for the first six columns, lower for
@@ -40,7 +34,6 @@ with correct foreground white, false foreground red and missed foreground blue.
 
 
 _CELL = 160  # contact-sheet cell side in pixels
-
 
 _HEADER = 22  # contact-sheet title row height in pixels
 

@@ -20,11 +20,12 @@ from segment.metrics import evaluate_masks, iou
 from segment.model import InferenceSettings
 
 __all__ = [
-    "evaluate_folder", "evaluate_samples", "evaluation_folder", "load_methods", "mean_iou",
-    "model_method", "summarize",
+    "COLUMNS", "evaluate_folder", "evaluate_samples", "evaluation_folder", "load_methods",
+    "mean_iou", "method_values", "model_method", "summarize",
 ]
 
 
+# Report column headings and number formats, in METRIC_NAMES order, then seconds per image.
 COLUMNS = {
     "iou": ("IoU", "{:.3f}"),
     "dice": ("Dice", "{:.3f}"),

@@ -14,7 +14,6 @@ __all__ = ["ExportedSegmenter", "load_exported", "METADATA_KEY"]
 
 METADATA_KEY = "segment"
 
-
 EXPORT_EXTRA = 'pip install -e ".[export]"'
 
 

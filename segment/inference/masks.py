@@ -16,14 +16,8 @@ __all__ = ["clean_mask", "finish_mask", "refine_mask", "REFINE_SIDE", "REFINE_SU
 # REFINE_SIDE pixels a side. Used where training found it scores better on validation; why
 # these values: docs/experiments.md, "GrabCut refinement".
 REFINE_SURE = 0.995
-
-
 REFINE_SIDE = 400
-
-
 _REFINE_ITERATIONS = 3
-
-
 _REFINE_LEAST_PIXELS = 16  # GrabCut's colour models need samples on both sides
 
 

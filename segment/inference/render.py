@@ -10,12 +10,10 @@ __all__ = ["error_picture", "OUTPUT_KINDS", "output_path", "render_output", "ren
 
 OUTPUT_KINDS = ("mask", "prob", "overlay", "cutout")
 
-
 _OVERLAY_TINT = (255, 40, 40)  # red wash over the foreground
 
 
 _OVERLAY_OPACITY = 0.4
-
 
 _OUTLINE_COLOUR = (255, 255, 0)  # yellow: visible on both the tint and most photos
 

@@ -8,7 +8,7 @@
 - `callbacks`: validation as prediction runs, and the run folder's writers.
 - `run_folder`: creating, resuming and replacing run folders.
 - `mask_settings`: how a trained model's masks are finished, chosen on validation.
-- `distributed`: strategies, the chief worker, lost workers.
+- `devices`: strategies, the chief worker, lost workers, mixed precision.
 """
 
 from segment.training.budget import (

@@ -17,7 +17,8 @@ from segment.training.inputs import training_stream, validation_samples
 from segment.training.recipe import build_network, compile_network
 
 __all__ = [
-    "budget_working_size", "FEW_STEPS", "plan_budget", "replan_epochs", "SMALLEST_WORKING_SIZE",
+    "Budget", "Deadline", "FEW_STEPS", "Pace", "SMALLEST_WORKING_SIZE", "budget_working_size",
+    "fit_budget", "plan_budget", "replan_epochs", "time_refinement",
 ]
 
 
@@ -25,12 +26,10 @@ __all__ = [
 # validation pass and the checkpoints after each take at most this share of the run.
 VALIDATION_SHARE = 0.1
 
-
 # A budgeted run whose epochs slow down after its last re-plan (a shared machine) stops once
 # its next epoch, then the final scoring, would end more than this share of an epoch past the
 # budget: the budget is kept to within half an epoch, and a run on pace is never cut.
 DEADLINE_SLACK = 0.5
-
 
 # A --data budget that buys fewer than FEW_STEPS steps at the working size chosen from the
 # images works at 3/4 of it instead, not below SMALLEST_WORKING_SIZE: on slow machines more
@@ -135,7 +134,7 @@ class Budget:
     `plan` fixes the epochs that fit before `deadline` (a `time.perf_counter()` value) and
     their length, timed on a throwaway model (`fit_budget`). `fit` then trains in stages and
     plans the epochs again from the run's own epochs (`plan_again`): after the first, whose
-    200-odd steps time this machine far better than the throwaway's 20, and after the last
+    250-odd steps time this machine far better than the throwaway's 20, and after the last
     before the first halving, from whole warm epochs. So a burst of other work during the
     few timed steps does not shorten the whole run, and steps that speed up over the first
     epochs do not leave time unused. From the first re-plan on, a `Deadline` stops a run
@@ -176,17 +175,17 @@ class Budget:
             fit_budget(config, pairs, strategy, self.deadline)
         )
 
-    def fit(self, fit, model, config, *, train_data, stream, validating, validation, backup,
-            config_path):
+    def fit(self, fit, model, config, *, train_data, first_epoch, stream, validating,
+            validation, backup, config_path):
         """Train `model` to `config.epochs` in stages, planning the epochs again between them
         (each re-plan written to `config_path`).
 
-        `fit(train_data, initial_epoch, extra_callbacks)` runs Keras's fit; `stream(start)` is
-        the training stream from sample `start` (`train_data` is its start); `validating` is
-        the run's `Validation`
-        callback, `validation` its samples, `backup` its `BackupAndRestore`.
+        `fit(train_data, initial_epoch, extra_callbacks)` runs Keras's fit; `train_data` is the
+        training stream from `first_epoch` on, `stream(start)` the same stream from sample
+        `start`; `validating` is the run's `Validation` callback, `validation` its samples,
+        `backup` its `BackupAndRestore`.
         """
-        first_epoch, guard, stop_after = 0, [], 0
+        guard, stop_after = [], first_epoch
         while stop_after is not None:
             pace = Pace(stop_after)
             backup.delete_checkpoint = False  # the next fit continues from it

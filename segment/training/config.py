@@ -101,13 +101,11 @@ DATA_MINUTES = 10.0
 HALVINGS = 4  # rate halvings spread evenly over the run when --halve-every is not given
 STEPS_PER_EPOCH = 100  # batches per epoch when neither --steps-per-epoch nor a budget sets it
 
-
 # StepHalvingSGD's initial rate when --lr is not given: high, because MSE-based losses have
 # small gradients; photographs learnt better at half the synthetic rate (docs/experiments.md).
 SYNTHETIC_LR = 0.5
 DATA_LR = 0.25
 SYNTHETIC_SIZE = 128  # synthetic crop side when --size is not given
-
 
 # --data working size when --size is not given: the images' own longer side (median over the
 # training set), at most this.

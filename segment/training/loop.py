@@ -157,6 +157,7 @@ class _Run:
         try:
             if budget is not None and config.epochs > 1:
                 budget.fit(fit, model, config, train_data=self.train_data,
+                           first_epoch=self.initial_epoch,
                            stream=lambda start: training_stream(config, self.pairs, start),
                            validating=own[0], validation=self.validation, backup=self.backup,
                            config_path=folder / "config.json")

@@ -24,11 +24,9 @@ __all__ = ["MIN_HOLES", "MIN_PARTS", "STRAY_PART_PRICE", "choose_mask_settings"]
 # model's `min_part` (docs/experiments.md, "The smallest part").
 MIN_PARTS = (0.0025, 0.005, 0.01, 0.02)
 
-
 # What one stray part (or wrong hole count) per image is worth in validation IoU when choosing
 # the mask settings: a price, because "no IoU lost at all" kept parts that cost IoU elsewhere.
 STRAY_PART_PRICE = 0.005
-
 
 # Shares of the image's pixels below which holes in the masks may be filled (`clean_mask`),
 # chosen with `min_part` (docs/experiments.md, "Small holes filled").

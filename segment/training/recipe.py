@@ -7,7 +7,7 @@ from segment.losses import LOSSES
 from segment.model import build_model
 from segment.optimizers import StepHalvingSGD
 
-__all__ = ["DATA_SCALES"]
+__all__ = ["DATA_SCALES", "build_network", "compile_network"]
 
 
 # A --data model's prediction averages these factors of the working size, the range training
