@@ -107,3 +107,25 @@ def test_plain_unet_is_stock_keras():
     kinds = {type(layer).__module__.split(".")[0] for layer in model.layers}
     assert kinds == {"keras"}
     assert model(np.zeros((1, PLAIN_SIZE, PLAIN_SIZE, 3), "float32")).shape == (1, 128, 128, 1)
+
+
+def test_a_folder_without_a_test_split_is_split_by_whole_groups(tmp_path):
+    # Twelve short videos in one images/ + masks/ folder: the benchmark holds out whole ones
+    # for the test, the same split for every method and every later run.
+    bench = importlib.import_module("segment.benchmarks.real")
+    config = data.generator_config("medium", appearance_weights={"texture": 1.0, "photo": 1.0})
+    images, masks, stems = [], [], []
+    for sequence in range(12):
+        frames, frame_masks = data.synthetic_sequence(data.sample_rng(3, sequence), 5, 40, config)
+        images += list(frames)
+        masks += list(frame_masks)
+        stems += [f"clip{sequence:02d}_{frame:03d}" for frame in range(5)]
+    data.write_folder(tmp_path / "videos", images, masks, stems=stems)
+    folder, train_pairs, test_pairs = bench._benchmark_data(tmp_path / "videos", tmp_path / "split")
+    clips = [{pair[0].name.split("_")[0] for pair in pairs} for pairs in (train_pairs, test_pairs)]
+    assert clips[0].isdisjoint(clips[1]) and len(clips[0]) + len(clips[1]) == 12
+    assert len(test_pairs) == 15  # three whole clips: a fifth of 60 images is 12, then whole
+    assert (folder / "test" / "images").is_dir() and folder == tmp_path / "split"
+    # Run again, the split is read back, not drawn anew.
+    again = bench._benchmark_data(tmp_path / "videos", tmp_path / "split")
+    assert [pair[0].name for pair in again[2]] == [pair[0].name for pair in test_pairs]

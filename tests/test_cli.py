@@ -20,7 +20,7 @@ SCRIPT_JOBS = {
     "serve": "serve", "generate_data": "generate", "make_contact_sheet": "contact-sheet",
     "benchmark_losses": "benchmark losses", "benchmark_real": "benchmark real",
     "benchmark_speed": "benchmark speed", "evaluate_robustness": "benchmark robustness",
-    "loadtest_serve": "benchmark serving",
+    "loadtest_serve": "benchmark serving", "benchmark_grouping": "benchmark grouping",
 }
 
 

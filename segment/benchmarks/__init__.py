@@ -7,4 +7,6 @@
   (`scripts/benchmark_speed.py`).
 - `robustness`: masks under noise, blur and low contrast (`scripts/evaluate_robustness.py`).
 - `serving`: the HTTP API under concurrent requests (`scripts/loadtest_serve.py`).
+- `grouping`: how well `--groups auto` finds known groups of images
+  (`scripts/benchmark_grouping.py`).
 """

@@ -1,7 +1,11 @@
 """The project's recipe against a plain stock-Keras U-Net on real photographs, at equal time.
 
 For each seed, every method trains for the same wall-clock budget on DIR's training images and
-is then scored on DIR/test, every image at its own size, with `segment.metrics`:
+is then scored on DIR/test, every image at its own size, with `segment.metrics`. A DIR with no
+test/ (DIR/images + DIR/masks) is split here, once, by whole groups of near-copies
+(`segment.data.find_groups`: a video's frames, near-duplicate photographs), a fifth of the
+images held out for the test, so that no method is scored on near-copies of what it learnt;
+the split is kept in --out/split/ and used by every method:
 
   ours:<loss>  `python scripts/train.py --data DIR --minutes M --loss <loss>` exactly
                (segment.training.train: InstanceNormalize, SegmentationModel.train_step,
@@ -19,6 +23,7 @@ Outputs in --out:
                  beside it (red: false foreground, blue: missed)
   runs/          our run folders (config.json, model.keras, history.csv, metrics.json) and
                  the plain U-Nets (plain-seed<N>.keras, .json)
+  split/         for a DIR without test/: train/ and test/ as links to DIR's files
   settings.json  what every row was made with; a rerun must match it
 
 The benchmark resumes: methods and seeds already in results.csv are skipped, and each row is
@@ -28,6 +33,7 @@ written as soon as its run ends.
 import argparse
 import csv
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -35,7 +41,7 @@ import keras
 import numpy as np
 
 from segment.cli.common import HelpFormatter, choice_list, positive
-from segment.data import dataset_splits, find_pairs
+from segment.data import dataset_splits, find_groups, find_pairs, split_by_groups
 from segment.evaluation import (
     COLUMNS,
     evaluate_folder,
@@ -58,8 +64,9 @@ examples:
   python scripts/benchmark_real.py --data DIR --minutes 5 --losses composite,mse,bce,dice \\
       --seeds 3 --no-plain --baselines none --out bench/real-losses
 
-DIR holds train/ (and optionally val/) and test/ image/mask folders. Rerunning the same
-command continues a killed benchmark; more seeds or losses train only the new runs.
+DIR holds train/ (and optionally val/) and test/ image/mask folders, or images/ and masks/
+to be split by whole groups. Rerunning the same command continues a killed benchmark; more
+seeds or losses train only the new runs.
 """
 
 CSV_COLUMNS = ("method", "seed", *METRIC_NAMES, "train_seconds")
@@ -74,7 +81,8 @@ def build_parser(prog=None):
     )
     add = parser.add_argument
     add("--data", type=Path, required=True, default=argparse.SUPPRESS, metavar="DIR",
-        help="dataset with train/ and test/ image/mask folders")
+        help="dataset with train/ and test/ image/mask folders, or one images/ + masks/ "
+        "folder to split by whole groups")
     add("--minutes", type=float, default=10.0, help="training wall-clock per method and seed")
     add("--out", type=Path, default=Path("bench/real"), metavar="DIR",
         help="benchmark folder (created; an earlier benchmark there is continued)")
@@ -91,6 +99,44 @@ def build_parser(prog=None):
     add("--quick", action="store_true",
         help="tiny networks and sizes for a smoke test (seconds per run)")
     return parser
+
+
+# The share of a folder without test/ held out for the test, in whole groups.
+TEST_FRACTION = 0.2
+
+
+def _benchmark_data(data, folder):
+    """`(dataset folder, train pairs, test pairs)`: `data` with its own train/ and test/, or a
+    split of `data` by whole groups, linked into `folder` (once; later runs reuse it)."""
+    splits = dataset_splits(data)
+    if "train" in splits and "test" in splits:
+        return data, find_pairs(splits["train"]), find_pairs(splits["test"])
+    if "all" not in splits:
+        raise DataError(f"{data}: needs train/ and test/ image/mask folders, or images/ and masks/")
+    if not (folder / "test").is_dir():
+        pairs = find_pairs(splits["all"])
+        split = split_by_groups(pairs, find_groups(pairs), val_fraction=TEST_FRACTION, seed=0)
+        if split is None:
+            raise DataError(f"{data}: one group of near-copies holds nearly every image; give "
+                            "train/ and test/ folders")
+        for name, part in zip(("train", "test"), split):
+            _link_pairs(part, folder / name)
+        print(f"test split: {len(split[1])} of {len(pairs)} images, in whole groups of "
+              f"near-copies, kept in {folder}", flush=True)
+    return folder, find_pairs(folder / "train"), find_pairs(folder / "test")
+
+
+def _link_pairs(pairs, folder):
+    """An images/ + masks/ folder of links to `pairs` (copies where links cannot be made)."""
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for image, mask in pairs:
+        for source, sub in ((Path(image), "images"), (Path(mask), "masks")):
+            target = folder / sub / source.name
+            try:
+                target.symlink_to(source.resolve())
+            except OSError:
+                shutil.copy2(source, target)
 
 
 def _settings(args):
@@ -135,12 +181,12 @@ def _append_row(path, row):
         writer.writerow({key: row[key] for key in CSV_COLUMNS})
 
 
-def _train_ours(args, loss, seed, folder):
+def _train_ours(args, data, loss, seed, folder):
     """Our recipe's segmenter, trained (or reloaded from a finished run folder)."""
     if not (folder / "metrics.json").exists():
         options = QUICK if args.quick else ({"size": args.size} if args.size else {})
         config = TrainConfig(
-            data=str(args.data), out=str(folder), minutes=args.minutes, loss=loss, seed=seed,
+            data=str(data), out=str(folder), minutes=args.minutes, loss=loss, seed=seed,
             **options,
         )
         train(config, overwrite=True, verbose=0)
@@ -177,11 +223,8 @@ def _results_table(rows):
 
 
 def run(args):
-    splits = dataset_splits(args.data)
-    if "train" not in splits or "test" not in splits:
-        raise DataError(f"{args.data}: needs train/ and test/ image/mask folders")
-    train_pairs, test_pairs = find_pairs(splits["train"]), find_pairs(splits["test"])
     _prepare(args.out, _settings(args))
+    data, train_pairs, test_pairs = _benchmark_data(args.data, args.out / "split")
     results_path = args.out / "results.csv"
     rows = _read_rows(results_path)
     done = {(row["method"], row["seed"]) for row in rows}
@@ -202,7 +245,7 @@ def run(args):
               flush=True)
         if method.startswith("ours:"):
             folder = args.out / "runs" / f"{method.replace(':', '-')}-seed{seed}"
-            segmenter, seconds = _train_ours(args, method.split(":", 1)[1], seed, folder)
+            segmenter, seconds = _train_ours(args, data, method.split(":", 1)[1], seed, folder)
         elif method == "plain":
             path = args.out / "runs" / f"plain-seed{seed}.keras"
             segmenter, seconds = _train_plain(args, train_pairs, seed, path)

@@ -23,7 +23,7 @@ JOBS = {
     "serve": ("segment.cli.serve", "a local web page and HTTP API for a model"),
     "generate": ("segment.cli.generate", "write a synthetic image/mask dataset"),
     "contact-sheet": ("segment.cli.contact_sheet", "a picture of synthetic samples per difficulty"),
-    "benchmark": (None, "measure: losses, real photographs, speed, robustness, serving"),
+    "benchmark": (None, "measure: losses, real photographs, speed, robustness, serving, groups"),
 }
 BENCHMARKS = {
     "losses": ("segment.benchmarks.losses", "every loss on the same network, data and steps"),
@@ -31,6 +31,7 @@ BENCHMARKS = {
     "speed": ("segment.benchmarks.speed", "training and prediction speed against stock Keras"),
     "robustness": ("segment.benchmarks.robustness", "masks under noise, blur and low contrast"),
     "serving": ("segment.benchmarks.serving", "the HTTP API under concurrent requests"),
+    "grouping": ("segment.benchmarks.grouping", "how well --groups auto finds known groups"),
 }
 
 

@@ -46,6 +46,14 @@ how long:
   at 3/4 of it (not below {SMALLEST_WORKING_SIZE}): more steps at a smaller size learnt more.
   The model remembers that size: predict.py and evaluate.py scale images the same way.
 
+--data and validation:
+  Without a val/ folder, a tenth of the images is held out (--val-fraction), in whole groups
+  of near-copies (--groups auto): frames of one video (numbered names whose neighbours look
+  alike) and near-duplicate pictures stay on one side, so that validation, and the epoch,
+  refinement and part sizes chosen on it, is scored on pictures training has not nearly
+  seen. The run prints how validation was drawn, warns if near-duplicates remain, and
+  metrics.json records it (validation_split).
+
 The run folder gets config.json, model.keras (best validation IoU), history.csv,
 metrics.json (validation images segmented as predict.py segments them, at their own size)
 and TensorBoard logs/ (tensorboard --logdir runs). Last, training chooses on the validation
@@ -105,6 +113,10 @@ def build_parser(prog=None):
     add("--val-count", type=int, default=defaults.val_count, help="synthetic validation images")
     add("--val-fraction", type=float, default=defaults.val_fraction,
         help="fraction of --data held out when it has no val/ folder")
+    add("--groups", default=defaults.groups, metavar="auto|none|FILE",
+        help="how --data's validation images are drawn without a val/ folder: auto holds out "
+        "whole groups of near-copies (a video's frames, several photos of one subject), none "
+        "a random part, FILE a CSV of stem,group rows")
     add("--threshold", type=float, default=None,
         help="accept multi-valued --data masks: foreground where value > threshold * max")
     add("--base-filters", type=int, default=defaults.base_filters, help="network width at full resolution")

@@ -4,6 +4,8 @@
 - `drawing`: object shapes and the surfaces that fill objects and backgrounds.
 - `synthetic`: one seeded sample (`make_sample`), degradations, `synthetic_arrays`.
 - `folders`: `DIR/images` + `DIR/masks` folders, splits, reading and writing pairs.
+- `groups`: near-copies among a folder's images (a video's frames), so that validation
+  holds out whole groups.
 - `augment`: scale, rotation, shift, flips and colour changes of photographs.
 - `streams`: endless, seeded, resumable `tf.data` streams (`synthetic_dataset`,
   `folder_dataset`).
@@ -33,6 +35,17 @@ from segment.data.presets import (
     Mixture,
     generator_config,
 )
+from segment.data.groups import (
+    GROUPS_CHOICES,
+    NEAR_DUPLICATE,
+    Split,
+    find_groups,
+    frame_runs,
+    near_duplicates,
+    read_groups_file,
+    split_by_groups,
+    thumbnail,
+)
 from segment.data.streams import (
     batched_dataset,
     folder_dataset,
@@ -47,6 +60,7 @@ from segment.data.synthetic import (
     sample_rng,
     scale_contrast,
     synthetic_arrays,
+    synthetic_sequence,
 )
 
 __all__ = [
@@ -57,24 +71,34 @@ __all__ = [
     "dataset_splits",
     "DATASET_STREAM",
     "DIFFICULTIES",
+    "find_groups",
     "find_pairs",
     "folder_dataset",
     "foreground_fraction",
+    "frame_runs",
     "generator_config",
     "GeneratorConfig",
+    "GROUPS_CHOICES",
     "load_pairs",
     "make_sample",
     "Mixture",
     "MIXTURES",
+    "NEAR_DUPLICATE",
+    "near_duplicates",
     "PRESETS",
+    "read_groups_file",
     "read_pair",
     "sample_rng",
     "scale_contrast",
     "SHAPE_KINDS",
+    "Split",
+    "split_by_groups",
     "SPLIT_NAMES",
     "split_pairs",
     "stream_positions",
     "synthetic_arrays",
     "synthetic_dataset",
+    "synthetic_sequence",
+    "thumbnail",
     "write_folder",
 ]

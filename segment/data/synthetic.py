@@ -12,7 +12,7 @@ from segment.imageio import size_hw
 
 __all__ = [
     "add_gaussian_noise", "add_salt_and_pepper", "DATASET_STREAM", "make_sample", "sample_rng",
-    "scale_contrast", "synthetic_arrays",
+    "scale_contrast", "synthetic_arrays", "synthetic_sequence",
 ]
 
 
@@ -143,6 +143,51 @@ def make_sample(rng, size, config):
         ]
         mask[rows, cols] = 1
     return _degrade(rng, image, config), mask
+
+
+def synthetic_sequence(rng, frames, size, config):
+    """The frames of a short video: one object moving in a straight line over one background,
+    each frame with its own sensor noise. Frames of one sequence are near-copies of each other,
+    as a video's are (`segment.data.groups`).
+
+    Args:
+        rng: a `np.random.Generator`; the sequence is a pure function of its state.
+        frames: number of frames.
+        size: image side, or `(height, width)`.
+        config: a `GeneratorConfig` (a `Mixture` draws one).
+
+    Returns:
+        `(images, masks)` as for `synthetic_arrays`, `frames` long.
+    """
+    shape = size_hw(size)
+    if isinstance(config, Mixture):
+        config = config.pick(rng)
+    side = max(shape)
+    background_colour = rng.uniform(0.05, 0.95, 3).astype(np.float32)
+    background = draw_appearance(rng, shape, background_colour, config, image_side=side)
+    rows, cols = object_pixels(rng, shape, config)
+    while rows.size == 0:
+        rows, cols = object_pixels(rng, shape, config)
+    top, left = rows.min(), cols.min()
+    box = (rows.max() - top + 1, cols.max() - left + 1)
+    surface = draw_appearance(rng, box, distinct_colour(rng, background_colour,
+                                                        config.color_distance), config,
+                              image_side=side)[rows - top, cols - left]
+    velocity = rng.uniform(-1, 1, 2) * min(shape) / (8 * max(frames, 1))  # an eighth, in all
+    images, masks = [], []
+    for frame in range(frames):
+        shift = np.round(velocity * frame).astype(int)
+        moved_rows, moved_cols = rows + shift[0], cols + shift[1]
+        inside = ((moved_rows >= 0) & (moved_rows < shape[0]) & (moved_cols >= 0)
+                  & (moved_cols < shape[1]))
+        image = background.copy()
+        mask = np.zeros((*shape, 1), dtype=np.float32)
+        image[moved_rows[inside], moved_cols[inside]] = surface[inside]
+        mask[moved_rows[inside], moved_cols[inside]] = 1
+        image = add_gaussian_noise(rng, image, 0.01)
+        images.append(np.clip(image, 0, 1, out=image))
+        masks.append(mask)
+    return np.stack(images), np.stack(masks)
 
 
 def synthetic_arrays(count, *, size=128, difficulty="medium", seed=0, stream=0, **overrides):

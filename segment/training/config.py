@@ -53,6 +53,10 @@ class TrainConfig:
     difficulty: str = "mixed"  # synthetic preset (easy, medium, hard, varied, noisy) or mixed
     val_count: int = 64  # synthetic validation images (a fixed set, drawn from its own seed)
     val_fraction: float = 0.1  # held out of --data when it has no val/ folder
+    # How --data's validation images are drawn without a val/ folder: "auto" holds out whole
+    # groups of near-copies (a video's frames; segment.data.groups), "none" a random part, or
+    # the path of a CSV file of stem,group rows.
+    groups: str = "auto"
     base_filters: int = BASE_FILTERS  # width of build_model at full resolution
     depth: int = DEPTH  # down-samplings; sizes must be multiples of 2 ** depth
     # The network's full-resolution level (segment.model.build_model): "light" trains faster
@@ -77,6 +81,7 @@ class TrainConfig:
         values = json.loads(Path(path).read_text())
         # Run folders written before the setting existed trained residual blocks there.
         values.setdefault("full_resolution", "residual")
+        values.setdefault("groups", "none")  # and drew their validation images at random
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

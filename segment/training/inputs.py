@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from tqdm import tqdm
+
 from segment import data
 from segment.imageio import DataError
 
@@ -9,25 +11,56 @@ VALIDATION_SEED_OFFSET = 1_000_003  # the validation set is drawn from its own s
 
 
 def folder_pairs(config):
-    """`(train_pairs, val_pairs)` of `--data`, paired and checked before any output is written."""
+    """The `segment.data.Split` of `--data` into training and validation pairs, paired and
+    checked before any output is written: its val/ folder, or validation drawn from the
+    training images as `config.groups` says. Every validation image with a near-duplicate among
+    the training images is counted."""
     splits = data.dataset_splits(config.data)
     if "train" not in splits and "all" not in splits:
         raise DataError(
             f"{config.data}: no training images: expected {config.data}/images or "
             f"{config.data}/train (found only {', '.join(sorted(splits))})"
         )
-    train_pairs = data.find_pairs(splits.get("train", splits.get("all")))
-    if "val" in splits:
-        return train_pairs, data.find_pairs(splits["val"])
-    train_pairs, val_pairs = data.split_pairs(
-        train_pairs, val_fraction=config.val_fraction, seed=config.seed
-    )
-    if not val_pairs:
+    pairs = data.find_pairs(splits.get("train", splits.get("all")))
+    val_pairs = data.find_pairs(splits["val"]) if "val" in splits else []
+    thumbnails = {pair[0]: data.thumbnail(pair[0]) for pair in tqdm(
+        pairs + val_pairs, desc="comparing images", unit="image", disable=None, leave=False)}
+    if val_pairs:
+        split = data.Split(pairs, val_pairs, method="the val/ folder")
+    else:
+        split = _draw_validation(config, pairs, thumbnails)
+    if not split.val:
         raise DataError(
             f"{config.data}: one image is not enough to train and validate; add images or a "
             "val/ folder"
         )
-    return train_pairs, val_pairs
+    close = data.near_duplicates([thumbnails[image] for image, _ in split.val],
+                                 against=[thumbnails[image] for image, _ in split.train])
+    split.near_duplicates = len({index for index, _ in close})
+    return split
+
+
+def _draw_validation(config, pairs, thumbnails):
+    if config.groups == "none" or len(pairs) < 2:
+        train, val = data.split_pairs(pairs, val_fraction=config.val_fraction, seed=config.seed)
+        return data.Split(train, val, method="a random part (--groups none)")
+    if config.groups == "auto":
+        groups = data.find_groups(pairs, thumbnails=[thumbnails[image] for image, _ in pairs])
+        how = "whole groups of numbered frames and near-duplicate images (--groups auto)"
+    else:
+        groups = data.read_groups_file(config.groups, pairs)
+        how = f"whole groups from {config.groups}"
+    split = data.split_by_groups(pairs, groups, val_fraction=config.val_fraction,
+                                 seed=config.seed)
+    if split is None:  # one group holds nearly every image: its last ones, in name order
+        count = max(1, round(len(pairs) * config.val_fraction))
+        return data.Split(pairs[:-count], pairs[-count:], method=(
+            "the last images by name: one group holds nearly every image"))
+    train, val = split
+    val_images = {image for image, _ in val}
+    held_out = {group for (image, _), group in zip(pairs, groups) if image in val_images}
+    return data.Split(train, val, method=how, train_groups=len(set(groups)) - len(held_out),
+                      val_groups=len(held_out))
 
 
 class FolderSamples:
@@ -49,7 +82,7 @@ class FolderSamples:
 def training_stream(config, pairs, start, shard=None):
     """The training stream, resumed at sample `start`.
 
-    `pairs` is `folder_pairs(config)` for `--data`, None for the synthetic stream; `shard`
+    `pairs` is `(train_pairs, val_pairs)` for `--data`, None for the synthetic stream; `shard`
     is `(worker, workers)` for one worker's share of each batch.
     """
     if pairs is None:

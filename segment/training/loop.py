@@ -90,7 +90,10 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
     config = _config_to_run(config, resume)
     strategy = make_strategy(config.strategy)  # first: before any other TensorFlow work
     config, resume = _continue_interrupted(config, resume, overwrite, strategy)
-    pairs = None if config.data is None else folder_pairs(config)
+    split = None if config.data is None else folder_pairs(config)
+    pairs = None if split is None else (split.train, split.val)
+    if split is not None:
+        print(split.describe(), flush=True)
     size_from_images = pairs is not None and config.size is None  # a budget may lower it
     config = resolve_config(config, pairs)
     _check_settings(config, strategy)
@@ -107,7 +110,7 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
         seconds = run.fit(budget, folder, callbacks, verbose)
     if not chief:
         return None, None
-    return folder, _close(folder, run, budget, seconds=seconds, started=started)
+    return folder, _close(folder, run, budget, split, seconds=seconds, started=started)
 
 
 class _Run:
@@ -170,7 +173,7 @@ class _Run:
         return time.perf_counter() - started
 
 
-def _close(folder, run, budget, *, seconds, started):
+def _close(folder, run, budget, split, *, seconds, started):
     """Choose the saved model's mask settings, score it as predicted, write metrics.json."""
     config = run.config
     stopped_at_deadline = budget.stopped_after if budget else None
@@ -184,6 +187,7 @@ def _close(folder, run, budget, *, seconds, started):
     results.update(
         {
             "validation_images": len(run.validation),
+            "validation_split": None if split is None else split.summary(),
             "stopped_early": stopped_early,
             "stopped_at_deadline": stopped_at_deadline,
             "train_seconds": round(seconds, 1),
