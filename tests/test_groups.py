@@ -154,6 +154,7 @@ def test_training_holds_out_whole_groups_and_records_how(unnamed, tmp_path, caps
     assert split["method"].startswith("whole groups")
     assert (split["train_groups"], split["val_groups"]) == (SEQUENCES - 2, 2)
     assert split["val_images"] == 2 * FRAMES and split["val_near_duplicates"] == 0
+    assert results["iou_standard_error_groups"] == 2  # over the two held-out sequences
     assert "validation: 16 of 96 images (2 of 12 groups)" in capsys.readouterr().out
     # The random split of earlier versions, on request: every validation image leaks, and the
     # run says so.

@@ -139,6 +139,31 @@ def _saved_tiny_model(path):
     return model
 
 
+def test_the_standard_error_is_taken_over_groups_of_validation_images(tmp_path, monkeypatch):
+    # Four images in two groups: IoU 1 and 1 in the first, 0.5 and 0.5 in the second. Over
+    # groups the standard error is std(1, 0.5) / sqrt(2) = 0.25; over images it would be
+    # std(1, 1, 0.5, 0.5) / sqrt(4) = 0.144.
+    truth = np.zeros((100, 100), bool)
+    truth[20:60, 20:60] = True
+    half = truth.copy()
+    half[20:60, 40:60] = False
+    images = [np.full((100, 100, 3), value, np.float32) for value in (0.0, 0.2, 0.4, 0.6)]
+    predicted = {0.0: truth, 0.2: truth, 0.4: half, 0.6: half}
+    monkeypatch.setattr(mask_settings, "predict_probability",
+                        lambda model, image: predicted[round(float(image[0, 0, 0]), 1)]
+                        .astype(np.float32))
+    path = tmp_path / "model.keras"
+    _saved_tiny_model(path)
+    samples = [(f"{index}", image, truth) for index, image in enumerate(images)]
+    results = choose_mask_settings(path, samples, groups=["a", "a", "b", "b"])
+    assert results["iou"] == pytest.approx(0.75)
+    assert results["iou_standard_error"] == pytest.approx(0.25)
+    assert results["iou_standard_error_groups"] == 2
+    results = choose_mask_settings(path, samples)
+    assert results["iou_standard_error"] == pytest.approx(np.std([1, 1, 0.5, 0.5], ddof=1) / 2)
+    assert results["iou_standard_error_groups"] is None
+
+
 @pytest.mark.slow
 def test_training_keeps_the_part_size_worth_most_in_iou_and_stray_parts(
     tmp_path, monkeypatch

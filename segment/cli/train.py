@@ -65,11 +65,15 @@ stray part and per wrong hole count per image. The model remembers them (--refin
 
 
 def _standard_error(results):
-    """' (standard error 0.0123 over 28 images)', or '' for a single validation image."""
+    """' (standard error 0.0123 over 28 images)', '... over 3 groups of 210 images)' when the
+    validation images fall into groups, or '' where there is none."""
     error = results.get("iou_standard_error")
     if error is None:
         return ""
-    return f" (standard error {error:.4f} over {results['validation_images']} images)"
+    groups, images = results.get("iou_standard_error_groups"), results["validation_images"]
+    over = (f"{groups} groups of {images} images" if groups is not None and groups < images
+            else f"{images} images")
+    return f" (standard error {error:.4f} over {over})"
 
 
 def build_parser(prog=None):

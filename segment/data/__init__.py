@@ -25,16 +25,6 @@ from segment.data.folders import (
     split_pairs,
     write_folder,
 )
-from segment.data.presets import (
-    APPEARANCE_KINDS,
-    DIFFICULTIES,
-    MIXTURES,
-    PRESETS,
-    SHAPE_KINDS,
-    GeneratorConfig,
-    Mixture,
-    generator_config,
-)
 from segment.data.groups import (
     GROUPS_CHOICES,
     NEAR_DUPLICATE,
@@ -45,6 +35,16 @@ from segment.data.groups import (
     read_groups_file,
     split_by_groups,
     thumbnail,
+)
+from segment.data.presets import (
+    APPEARANCE_KINDS,
+    DIFFICULTIES,
+    MIXTURES,
+    PRESETS,
+    SHAPE_KINDS,
+    GeneratorConfig,
+    Mixture,
+    generator_config,
 )
 from segment.data.streams import (
     batched_dataset,

@@ -48,6 +48,8 @@ class Split:
         train_groups, val_groups: groups on each side (None for a random split).
         near_duplicates: validation images with a near-duplicate in training (None when not
             measured).
+        val_labels: a group label per validation pair (`find_groups` among them), for
+            statistics over groups; None when not found.
     """
 
     train: list
@@ -56,6 +58,7 @@ class Split:
     train_groups: int | None = None
     val_groups: int | None = None
     near_duplicates: int | None = None
+    val_labels: list | None = None
 
     def describe(self):
         """One line on how validation was drawn; a second, a warning, if near-duplicates of

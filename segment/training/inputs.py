@@ -34,9 +34,11 @@ def folder_pairs(config):
             f"{config.data}: one image is not enough to train and validate; add images or a "
             "val/ folder"
         )
-    close = data.near_duplicates([thumbnails[image] for image, _ in split.val],
+    val_thumbnails = [thumbnails[image] for image, _ in split.val]
+    close = data.near_duplicates(val_thumbnails,
                                  against=[thumbnails[image] for image, _ in split.train])
     split.near_duplicates = len({index for index, _ in close})
+    split.val_labels = data.find_groups(split.val, thumbnails=val_thumbnails)
     return split
 
 

@@ -181,7 +181,8 @@ def _close(folder, run, budget, split, *, seconds, started):
     stopped_early = bool(run.model.stop_training) and stopped_at_deadline is None
     if not (folder / "model.keras").exists():
         raise RuntimeError("training stopped early (NaN loss?) before any epoch produced a model")
-    results = choose_mask_settings(folder / "model.keras", run.validation)
+    results = choose_mask_settings(folder / "model.keras", run.validation,
+                                   groups=None if split is None else split.val_labels)
     epochs_run = stopped_at_deadline or config.epochs
     trained_images = (epochs_run - run.initial_epoch) * config.steps_per_epoch * config.batch_size
     results.update(

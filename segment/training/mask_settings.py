@@ -33,7 +33,7 @@ STRAY_PART_PRICE = 0.005
 MIN_HOLES = (0.0025, 0.01)
 
 
-def choose_mask_settings(model_path, samples):
+def choose_mask_settings(model_path, samples, *, groups=None):
     """Per-image mean metrics of the saved model on the validation samples, as predicted,
     once the model's mask settings have been chosen on them and saved with it.
 
@@ -44,6 +44,11 @@ def choose_mask_settings(model_path, samples):
     nothing dropped or filled unless the validation images gain from it. The network's
     prediction is made once per image, and every setting's mask is made from it; the chosen
     one's masks are then scored on every metric.
+
+    `iou_standard_error` is how far the mean IoU could be from the same model's on more images
+    drawn alike. Images of one group (`groups`, a label per sample: a video's frames) are not
+    independent, so it is taken over the groups' mean IoUs, and `iou_standard_error_groups`
+    says over how many; without `groups`, over the images.
     """
     # Loaded compiled, as the checkpoint was saved, so that it can be saved again as it was.
     model = keras.saving.load_model(model_path, safe_mode=True)
@@ -91,17 +96,28 @@ def choose_mask_settings(model_path, samples):
     results = summarize(rows)["model"]
     results.pop("count")
     results["seconds_per_image"] = results.pop("seconds")
-    # How far the mean could be from the same model's on more images drawn alike.
-    ious = np.array([row["iou"] for row in rows])
-    results["iou_standard_error"] = (
-        float(ious.std(ddof=1) / math.sqrt(len(ious))) if len(ious) > 1 else None
-    )
+    results["iou_standard_error"], results["iou_standard_error_groups"] = _standard_error(
+        [row["iou"] for row in rows], groups)
     results.update(refine=refine, min_part=part, min_hole=hole)
     for name, option in (("without_min_part", (refine, 0.0, hole)),
                          ("without_min_hole", (refine, part, 0.0)),
                          ("without_refine", (False, part, hole))):
         results[name] = dict(zip(("iou", "spurious", "b1_error"), map(float, means[option])))
     return results
+
+
+def _standard_error(values, groups):
+    """`(standard error of the mean, groups it was taken over or None)`: over the means of
+    `groups` when given, else over `values`; None with fewer than two."""
+    if groups is not None:
+        means = {}
+        for value, group in zip(values, groups):
+            means.setdefault(group, []).append(value)
+        values = [float(np.mean(members)) for members in means.values()]
+    if len(values) < 2:
+        return None, None if groups is None else len(values)
+    error = float(np.std(values, ddof=1) / math.sqrt(len(values)))
+    return error, None if groups is None else len(values)
 
 
 def _unpack(packed, shape):
