@@ -188,3 +188,16 @@ def test_run_folders_from_before_groups_keep_their_random_split(tmp_path):
     del settings["groups"]
     (tmp_path / "config.json").write_text(json.dumps(settings))
     assert TrainConfig.from_json(tmp_path / "config.json").groups == "none"
+
+
+def test_a_jpeg_s_thumbnail_decoded_small_is_the_whole_image_s(tmp_path):
+    # Large JPEGs are decoded at a quarter of their size for the thumbnail: the same thumbnail
+    # as the lossless copy's, within JPEG's own error.
+    import cv2
+
+    image = data.synthetic_arrays(1, size=(300, 400), difficulty="varied", seed=8)[0][0]
+    pixels = cv2.cvtColor(np.round(image * 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+    cv2.imwrite(str(tmp_path / "photo.jpg"), pixels, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    cv2.imwrite(str(tmp_path / "photo.png"), pixels)
+    jpeg, png = data.thumbnail(tmp_path / "photo.jpg"), data.thumbnail(tmp_path / "photo.png")
+    assert np.sqrt(np.mean((jpeg - png) ** 2)) < 0.05

@@ -86,9 +86,19 @@ class Split:
 def thumbnail(path, side=THUMBNAIL_SIDE):
     """A `side` x `side` x 3 thumbnail of an image, at zero mean and unit spread, flattened:
     brightness and contrast changes between two frames do not separate them."""
-    small = cv2.resize(read_image(path), (side, side), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(_small_image(path, side), (side, side), interpolation=cv2.INTER_AREA)
     small = small - small.mean()
     return (small / max(float(small.std()), 1e-3)).ravel().astype(np.float32)
+
+
+def _small_image(path, side):
+    """The image as float RGB, a JPEG decoded at a quarter of its size (4 to 15 times faster
+    than whole, and as good for a thumbnail) when that leaves 4 pixels per thumbnail pixel."""
+    if Path(path).suffix.lower() in (".jpg", ".jpeg"):
+        reduced = cv2.imread(str(path), cv2.IMREAD_REDUCED_COLOR_4)
+        if reduced is not None and min(reduced.shape[:2]) >= 4 * side:
+            return cv2.cvtColor(reduced, cv2.COLOR_BGR2RGB).astype(np.float32) / 255
+    return read_image(path)
 
 
 def near_duplicates(thumbnails, *, limit=NEAR_DUPLICATE, against=None):
