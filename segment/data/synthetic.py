@@ -111,6 +111,17 @@ def _jpeg(image, quality):
     return cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED).astype(np.float32) / 255
 
 
+def _backdrop(rng, size, config):
+    """`(config, shape, background colour, background)` every scene starts from: a Mixture's
+    part drawn first, then the background's colour and surface."""
+    shape = size_hw(size)
+    if isinstance(config, Mixture):
+        config = config.pick(rng)
+    colour = rng.uniform(0.05, 0.95, 3).astype(np.float32)
+    return config, shape, colour, draw_appearance(rng, shape, colour, config,
+                                                  image_side=max(shape))
+
+
 def make_sample(rng, size, config):
     """Draw one synthetic image and its exact mask.
 
@@ -123,12 +134,8 @@ def make_sample(rng, size, config):
         `(image, mask)`: float32 `(height, width, 3)` in [0, 1] and float32 `(height, width, 1)`
         in {0, 1}, the union of the drawn objects (ring holes are background).
     """
-    shape = size_hw(size)
-    if isinstance(config, Mixture):
-        config = config.pick(rng)
+    config, shape, background, image = _backdrop(rng, size, config)
     side = max(shape)
-    background = rng.uniform(0.05, 0.95, 3).astype(np.float32)
-    image = draw_appearance(rng, shape, background, config, image_side=side)
     mask = np.zeros((*shape, 1), dtype=np.float32)
     for _ in range(rng.integers(config.object_count[0], config.object_count[1] + 1)):
         rows, cols = object_pixels(rng, shape, config)
@@ -159,12 +166,8 @@ def synthetic_sequence(rng, frames, size, config):
     Returns:
         `(images, masks)` as for `synthetic_arrays`, `frames` long.
     """
-    shape = size_hw(size)
-    if isinstance(config, Mixture):
-        config = config.pick(rng)
+    config, shape, background_colour, background = _backdrop(rng, size, config)
     side = max(shape)
-    background_colour = rng.uniform(0.05, 0.95, 3).astype(np.float32)
-    background = draw_appearance(rng, shape, background_colour, config, image_side=side)
     rows, cols = object_pixels(rng, shape, config)
     while rows.size == 0:
         rows, cols = object_pixels(rng, shape, config)
