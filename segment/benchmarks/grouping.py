@@ -11,13 +11,12 @@ thumbnails can group the images.
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from segment.cli.common import HelpFormatter
+from segment.cli.common import HelpFormatter, fail
 from segment.data import find_groups, find_pairs, read_groups_file, thumbnail
 from segment.data.groups import NEAR_DUPLICATE, RUN_NEIGHBOUR
 from segment.imageio import DataError
@@ -92,8 +91,7 @@ def main(argv=None, prog=None):
         else:
             truth = [Path(image).stem.rstrip("0123456789").rstrip("_-. ") for image, _ in pairs]
     except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     report = grouping_report(pairs, truth, unnamed=args.unnamed)
     print(f"{report['images']} images in {report['true_groups']} true groups: found "
           f"{report['found_groups']} groups, purity {report['purity']:.3f}, each true group in "

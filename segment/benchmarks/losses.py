@@ -24,7 +24,6 @@ import functools
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from segment.benchmarks.figures import bar_chart, samples_sheet
-from segment.cli.common import HelpFormatter, choice_list, positive
+from segment.cli.common import HelpFormatter, choice_list, fail, positive
 from segment.data import PRESETS, synthetic_arrays, synthetic_dataset
 from segment.imageio import write_png
 from segment.losses import LOSSES
@@ -490,8 +489,7 @@ def main(argv=None, prog=None) -> int:
         prepare_folder(args.out, settings, overwrite=args.overwrite)
         rows = run_benchmark(args.out, settings, losses, seeds)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     summary = write_outputs(args.out, rows, settings=settings, losses=losses, seeds=seeds)
     print(results_table(summary))
     print(f"wrote results.csv, results.md, results.png, samples.png to {args.out}")

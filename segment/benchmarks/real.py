@@ -34,13 +34,12 @@ import argparse
 import csv
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from segment.cli.common import HelpFormatter, choice_list, positive
+from segment.cli.common import HelpFormatter, choice_list, fail, positive
 from segment.data import dataset_splits, find_groups, find_pairs, split_by_groups
 from segment.evaluation import (
     COLUMNS,
@@ -298,8 +297,7 @@ def main(argv=None, prog=None) -> int:
     try:
         table = run(args)
     except (DataError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     print(table)
     print(f"wrote results.csv, results.md, per_image.csv, worst.png to {args.out}")
     return 0

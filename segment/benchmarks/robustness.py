@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from segment.cli.common import HelpFormatter, part_share, positive
+from segment.cli.common import HelpFormatter, fail, part_share, positive
 from segment.data import (
     add_gaussian_noise,
     add_salt_and_pepper,
@@ -196,8 +196,7 @@ def main(argv=None, prog=None) -> int:
         methods = {name: model_method(load_segmenter(path), **finish)
                    for name, path in zip(names, args.models)}
     except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     images, masks = held_out_set(args.count, args.size)
     rows = sweep(methods, images, masks)
     args.out.mkdir(parents=True, exist_ok=True)

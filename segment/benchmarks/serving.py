@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segment.cli.common import HelpFormatter, positive
+from segment.cli.common import HelpFormatter, fail, positive
 from segment.imageio import encode_png
 
 SIZES = ((256, 256), (512, 512), (1024, 768), (128, 128))  # (width, height), cycled
@@ -175,14 +175,12 @@ def build_parser(prog=None):
 def main(argv=None, prog=None):
     args = build_parser(prog).parse_args(argv)
     if not args.model.is_file():
-        print(f"error: {args.model}: no such model file", file=sys.stderr)
-        return 2
+        return fail(f"{args.model}: no such model file")
     try:
         report = run(args.model, requests=args.requests, clients=args.clients,
                      workers=args.workers, warmup=args.warmup)
     except (RuntimeError, AssertionError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     print(markdown(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

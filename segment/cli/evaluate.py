@@ -2,13 +2,13 @@
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from segment.cli.common import (
     HelpFormatter,
     add_inference_flags,
     choice_list,
+    fail,
     inference_options,
     non_negative,
 )
@@ -94,8 +94,7 @@ def main(argv=None, prog=None) -> int:
         if args.worst > 0:
             write_png(args.out / "worst.png", worst_sheet(pairs, methods, rows, count=args.worst))
     except (DataError, ValueError) as error:  # DataError is a ValueError; named for the reader
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
 
     print(report_table(rows))
     outputs = ["per_image.csv", "summary.json", "report.md"] + (["worst.png"] if args.worst else [])

@@ -2,10 +2,9 @@
 TensorFlow SavedModel."""
 
 import argparse
-import sys
 from pathlib import Path
 
-from segment.cli.common import HelpFormatter
+from segment.cli.common import HelpFormatter, fail
 from segment.deploy.export import FORMATS, default_path, export_model
 from segment.imageio import DataError
 from segment.inference import load_segmenter
@@ -58,8 +57,7 @@ def main(argv=None, prog=None):
         model = load_segmenter(args.model)
         written = export_model(model, out, args.format, overwrite=args.overwrite)
     except (DataError, ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     print(f"{args.format}: {written}")
     return 0
 

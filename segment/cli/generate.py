@@ -4,14 +4,13 @@ import argparse
 import dataclasses
 import json
 import shutil
-import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
 import segment
 from segment import data
-from segment.cli.common import HelpFormatter
+from segment.cli.common import HelpFormatter, fail
 from segment.imageio import DataError, write_text
 
 EPILOG = """example:
@@ -84,14 +83,12 @@ def main(argv=None, prog=None) -> int:
             )
         config = data.generator_config(args.difficulty)
     except ValueError as error:  # DataError is a ValueError
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
 
     try:
         _write_dataset(args, counts, config)
     except OSError as error:
-        print(f"error: cannot write {args.out}: {error.strerror or error}", file=sys.stderr)
-        return 2
+        return fail(f"cannot write {args.out}: {error.strerror or error}")
     written = ", ".join(f"{split}/ {n}" for split, n in counts.items() if n)
     print(
         f"wrote {args.out}: {written} image/mask pairs "

@@ -9,6 +9,7 @@ from segment.cli.common import (
     add_inference_flags,
     add_model_flags,
     choice_list,
+    fail,
     inference_options,
     non_negative,
     positive,
@@ -87,13 +88,11 @@ def main(argv=None, prog=None):
     for argument in unmatched:
         print(f"warning: {argument}: no images found", file=sys.stderr)
     if not paths:
-        print("error: no input images found", file=sys.stderr)
-        return 2
+        return fail("no input images found")
 
     out_dir = args.out.resolve()
     if out_dir.exists() and not out_dir.is_dir():
-        print(f"error: --out {args.out} is a file, not a folder", file=sys.stderr)
-        return 2
+        return fail(f"--out {args.out} is a file, not a folder")
     # Outputs among the inputs would be segmented again on the next run; with --recursive that
     # holds for any folder below an input folder too.
     input_folders = {path.resolve().parent for path in paths}
@@ -101,24 +100,21 @@ def main(argv=None, prog=None):
         trees = [Path(arg).resolve() for arg in args.inputs if Path(arg).is_dir()]
         input_folders.update(out_dir for tree in trees if out_dir.is_relative_to(tree))
     if out_dir in input_folders and not args.allow_input_dir:
-        print(f"error: --out {args.out} holds input images; choose another folder "
-              "or pass --allow-input-dir", file=sys.stderr)
-        return 2
+        return fail(f"--out {args.out} holds input images; choose another folder "
+                    "or pass --allow-input-dir")
 
     try:
         model_path = model_to_use(args.model, args.runs_dir)
         model = load_segmenter(model_path)
         tile_window(model, tile=args.tile, overlap=args.overlap)
     except ValueError as error:  # a bad model file (DataError) or a tile the model cannot use
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     print(f"model: {model_path}")
 
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        print(f"error: cannot create --out {args.out}: {error.strerror or error}", file=sys.stderr)
-        return 2
+        return fail(f"cannot create --out {args.out}: {error.strerror or error}")
     done, failed = segment_files(
         paths,
         model,

@@ -2,9 +2,8 @@
 
 import argparse
 import socket
-import sys
 
-from segment.cli.common import HelpFormatter, add_model_flags, positive
+from segment.cli.common import HelpFormatter, add_model_flags, fail, positive
 from segment.inference import load_segmenter, model_to_use
 
 EPILOG = """\
@@ -51,28 +50,22 @@ def main(argv=None, prog=None):
 
         from segment.deploy.server import create_app
     except ImportError as error:
-        print(f"error: serving needs the serve extra ({error.name} is missing): "
-              'pip install -e ".[serve]"', file=sys.stderr)
-        return 2
+        return fail(f"serving needs the serve extra ({error.name} is missing): "
+                    'pip install -e ".[serve]"')
     if args.max_upload_mb <= 0 or args.max_megapixels <= 0:
-        print("error: --max-upload-mb and --max-megapixels must be positive", file=sys.stderr)
-        return 2
+        return fail("--max-upload-mb and --max-megapixels must be positive")
     if args.port > 65535:
-        print(f"error: --port {args.port} is not a TCP port (1 to 65535)", file=sys.stderr)
-        return 2
+        return fail(f"--port {args.port} is not a TCP port (1 to 65535)")
     try:  # uvicorn reports a busy port only in its log; find out first
         with socket.socket() as probe:
             probe.bind((args.host, args.port))
     except OSError as error:
-        print(f"error: cannot listen on {args.host}:{args.port}: {error.strerror or error}",
-              file=sys.stderr)
-        return 2
+        return fail(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
     try:
         model_path = model_to_use(args.model, args.runs_dir)
         model = load_segmenter(model_path)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     app = create_app(
         model,
         max_upload_bytes=int(args.max_upload_mb * 2**20),

@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from segment.cli.common import HelpFormatter
+from segment.cli.common import HelpFormatter, fail
 from segment.data import DIFFICULTIES
 from segment.losses import LOSSES
 from segment.model import FULL_RESOLUTION_CHOICES
@@ -160,8 +160,7 @@ def main(argv=None, prog=None):
     try:
         folder, results = train(config, resume=args.resume, overwrite=args.overwrite)
     except (ValueError, OSError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     if folder is None:
         print(f"worker done; the chief wrote {config.out}")
         return 0
