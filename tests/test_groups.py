@@ -98,6 +98,13 @@ def test_frame_runs_by_hand():
     assert data.frame_runs(stems) == [[0, 1, 2], [3, 4], [6, 7], [9, 10]]
 
 
+def test_run_names_by_hand():
+    from segment.data.groups import run_name
+
+    names = ["bear_00012", "clip3-017", "IMG 0001", "frame.12", "cat", "2"]
+    assert [run_name(stem) for stem in names] == ["bear", "clip3", "IMG", "frame", "cat", ""]
+
+
 def test_near_duplicates_by_hand():
     a = np.zeros(4, np.float32)
     b = np.array([0.2, 0.2, 0.2, 0.2], np.float32)  # RMS distance 0.2 from a

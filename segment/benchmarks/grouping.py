@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from segment.cli.common import HelpFormatter, fail
 from segment.data import find_groups, find_pairs, read_groups_file, thumbnail
-from segment.data.groups import NEAR_DUPLICATE, RUN_NEIGHBOUR
+from segment.data.groups import NEAR_DUPLICATE, RUN_NEIGHBOUR, run_name
 from segment.imageio import DataError
 
 __all__ = ["build_parser", "grouping_report", "main"]
@@ -89,7 +89,7 @@ def main(argv=None, prog=None):
         if args.truth is not None:
             truth = read_groups_file(args.truth, pairs)
         else:
-            truth = [Path(image).stem.rstrip("0123456789").rstrip("_-. ") for image, _ in pairs]
+            truth = [run_name(Path(image).stem) for image, _ in pairs]
     except DataError as error:
         return fail(error)
     report = grouping_report(pairs, truth, unnamed=args.unnamed)

@@ -26,7 +26,6 @@ from segment.data.folders import (
     write_folder,
 )
 from segment.data.groups import (
-    GROUPS_CHOICES,
     NEAR_DUPLICATE,
     Split,
     find_groups,
@@ -78,7 +77,6 @@ __all__ = [
     "frame_runs",
     "generator_config",
     "GeneratorConfig",
-    "GROUPS_CHOICES",
     "load_pairs",
     "make_sample",
     "Mixture",

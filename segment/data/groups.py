@@ -20,11 +20,10 @@ import numpy as np
 from segment.imageio import DataError, read_image
 
 __all__ = [
-    "GROUPS_CHOICES", "NEAR_DUPLICATE", "Split", "find_groups", "frame_runs", "near_duplicates",
+    "NEAR_DUPLICATE", "Split", "find_groups", "frame_runs", "near_duplicates", "run_name",
     "read_groups_file", "split_by_groups", "thumbnail",
 ]
 
-GROUPS_CHOICES = ("auto", "none")  # or the path of a stem,group CSV file
 THUMBNAIL_SIDE = 16
 # Two thumbnails closer than this (root mean square over pixels and channels, each thumbnail
 # brought to zero mean and unit spread) are near-duplicates.
@@ -119,6 +118,13 @@ def near_duplicates(thumbnails, *, limit=NEAR_DUPLICATE, against=None):
         close = np.argwhere(np.maximum(block, 0) / size < limit**2)
         pairs += [(start + i, j) for i, j in close if against is not None or start + i < j]
     return pairs
+
+
+def run_name(stem):
+    """The name a numbered frame shares with its run (`bear_00012` -> `bear`); an unnumbered
+    stem is its own name."""
+    match = _FRAME_NUMBER.match(stem)
+    return match.group(1) if match else stem
 
 
 def frame_runs(stems):
