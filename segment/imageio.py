@@ -4,19 +4,37 @@ Every reader returns plain numpy arrays and raises `DataError` (a `ValueError`) 
 names the file and the reason, so scripts can print it as one line and move on or exit.
 """
 
+import io
 import os
 import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "DataError", "decode_image", "encode_png", "is_image_file", "read_image",
-    "read_mask", "scale_image", "scaled_shape", "write_png", "write_text",
+    "IMAGE_EXTENSIONS", "LOSSY_EXTENSIONS", "VOID_LABEL", "DataError", "decode_image",
+    "encode_png", "exif_orientation", "is_image_file", "keep_stored_orientation", "read_image",
+    "read_labels", "read_mask", "scale_image", "scaled_shape", "write_png", "write_text",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+LOSSY_EXTENSIONS = (".jpg", ".jpeg")
+VOID_LABEL = 2  # a training mask's value for pixels left out of the loss and the metrics
+VOC_VOID_COLOUR = (224, 224, 192)  # Pascal VOC's palette entry 255: the void border
+
+# EXIF orientation (1-8) -> how to turn the stored pixels upright, as viewers do.
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+_keep_orientation = False
 
 
 def _read_umask():
@@ -39,6 +57,10 @@ def is_image_file(path):
 
 def _decode(path):
     """Decode any supported file to a numpy array with its native depth and channels."""
+    return _decode_bytes(_read_bytes(path), path)
+
+
+def _read_bytes(path):
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
@@ -52,16 +74,44 @@ def _decode(path):
         raw = np.fromfile(str(path), dtype=np.uint8)
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
-    return _decode_bytes(raw, path)
+    return raw
 
 
-def _decode_bytes(raw, name):
+def keep_stored_orientation(keep=True):
+    """Read images as their pixels are stored, ignoring EXIF orientation, in this process
+    (`--keep-orientation`). By default images are turned upright, as viewers show them."""
+    global _keep_orientation
+    _keep_orientation = bool(keep)
+
+
+def exif_orientation(raw):
+    """The EXIF orientation (1-8) of an encoded image's bytes; 1 (as stored) without one."""
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # not an image Pillow knows, or a broken EXIF block: taken as stored
+        return 1
+    return orientation if orientation in _UPRIGHT else 1
+
+
+def _decode_bytes(raw, name, upright=None):
     try:
         array = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
     except cv2.error as error:  # e.g. beyond OpenCV's pixel limit
         raise DataError(f"{name}: cannot decode ({error.err or 'OpenCV error'})") from None
     if array is None or array.size == 0:
         raise DataError(f"{name}: not a readable image (corrupt or unsupported format)")
+    return _oriented(array, raw, upright)
+
+
+def _oriented(array, raw, upright=None):
+    # IMREAD_UNCHANGED (kept for alpha and 16 bits) ignores a JPEG's or PNG's EXIF orientation,
+    # but OpenCV's TIFF reader applies its own: turned upright, or back as stored, here.
+    keep = _keep_orientation if upright is None else not upright
+    tiff = raw[:4].tobytes() in (b"II*\x00", b"MM\x00*")
+    if tiff == keep and (orientation := exif_orientation(raw)) != 1:
+        undo = {6: 8, 8: 6}.get(orientation, orientation) if tiff else orientation
+        array = np.ascontiguousarray(_UPRIGHT[undo](array))
     return array
 
 
@@ -81,7 +131,9 @@ def read_image(path):
     """Read any common image as float32 RGB in [0, 1].
 
     Gray, gray+alpha, RGB and RGBA; 8-bit, 16-bit or float; PNG, JPEG, BMP, TIFF.
-    Alpha is dropped (composited onto nothing: the colour channels are kept as stored).
+    Alpha is dropped (composited onto nothing: the colour channels are kept as stored). The
+    image is turned upright by its EXIF orientation, as viewers show it (a phone's portrait
+    photograph is stored sideways), unless `keep_stored_orientation` was called.
 
     Args:
         path: the image file.
@@ -95,15 +147,21 @@ def read_image(path):
     return _to_rgb(_decode(path), path)
 
 
-def decode_image(data, name="upload"):
+def decode_image(data, name="upload", *, upright=None):
     """`read_image` for an encoded image in memory (the bytes of a PNG, JPEG, ... file).
+
+    Args:
+        data: the bytes.
+        name: what error messages call it.
+        upright: turn it upright by its EXIF orientation. Defaults to None (yes, unless
+            `keep_stored_orientation` was called).
 
     Raises:
         DataError: empty, corrupt or not an image; the message starts with `name`.
     """
     if not data:
         raise DataError(f"{name}: empty file (0 bytes)")
-    return _to_rgb(_decode_bytes(np.frombuffer(data, dtype=np.uint8), name), name)
+    return _to_rgb(_decode_bytes(np.frombuffer(data, dtype=np.uint8), name, upright), name)
 
 
 def _to_rgb(array, path):
@@ -122,25 +180,69 @@ def _to_rgb(array, path):
     return _to_unit_float(array, path)
 
 
-def read_mask(path, *, threshold=None):
-    """Read a binary mask as a boolean array.
+def read_mask(path, *, threshold=None, void=None):
+    """Read a binary mask as a boolean array; void pixels (see `read_labels`) are False."""
+    return read_labels(path, threshold=threshold, void=void)[0]
+
+
+def read_labels(path, *, threshold=None, void=None):
+    """Read a mask: its foreground, and the void pixels to leave out of training and scoring.
 
     Accepted without `threshold`: masks whose values are all in {0, 1} or all in {0, 255}
-    (or {0, 65535} for 16-bit). Colour masks are reduced to their first channel only if all
-    channels agree.
+    (or {0, 65535} for 16-bit); JPEG masks, thresholded at the midpoint (JPEG blurs their
+    edges); palette PNGs whose colour 0 is black, any other index foreground (a class). Colour
+    masks are reduced to their first channel only if all channels agree. A palette PNG with
+    Pascal VOC's void colour at index 255 has its 255 pixels taken as void.
 
     Args:
         path: the mask file.
         threshold: if given, a value in [0, 1]; pixels above `threshold * max_value` are
             foreground, which accepts any multi-valued mask. Defaults to None (strict).
+        void: the value (palette index or gray level) of pixels that are neither foreground
+            nor background, as Pascal VOC's 255 border. Defaults to None (VOC palettes only).
 
     Returns:
-        bool array of shape `(height, width)`.
+        `(mask, void_pixels)`: bool arrays of shape `(height, width)`; `void_pixels` is None
+        when there are none.
 
     Raises:
         DataError: unreadable file, or a multi-valued mask without `threshold`.
     """
-    array = _decode(path)
+    raw = _read_bytes(path)
+    indices = _palette_indices(raw, path)
+    if indices is not None:
+        array, detected = indices
+        void = detected if void is None else void
+    else:
+        array = _single_channel(_decode_bytes(raw, path), path)
+    void_pixels = array == void if void is not None else None
+    if void_pixels is not None and not void_pixels.any():
+        void_pixels = None
+    mask = _foreground(array, path, threshold, palette=indices is not None,
+                       lossy=raw[:2].tobytes() == b"\xff\xd8", void_pixels=void_pixels)
+    return (mask & ~void_pixels if void_pixels is not None else mask), void_pixels
+
+
+def _palette_indices(raw, path):
+    """`(indices, void)` of a palette PNG whose colour 0 is black (a label image: OpenCV would
+    turn its indices into colours), void 255 where its palette has VOC's void colour; else
+    None."""
+    if raw[:8].tobytes() != b"\x89PNG\r\n\x1a\n" or len(raw) < 26 or raw[25] != 3:
+        return None
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            palette = image.getpalette() or []
+            indices = np.asarray(image)
+    except Exception as error:
+        raise DataError(f"{path}: not a readable image ({error})") from None
+    if tuple(palette[:3]) != (0, 0, 0) or indices.ndim != 2:
+        return None
+    indices = _oriented(indices, raw)
+    voc = tuple(palette[3 * 255 : 3 * 256]) == VOC_VOID_COLOUR
+    return indices, (255 if voc else None)
+
+
+def _single_channel(array, path):
     if array.ndim == 3:
         if array.shape[2] in (2, 4):  # drop alpha
             array = array[..., : array.shape[2] - 1]
@@ -149,16 +251,24 @@ def read_mask(path, *, threshold=None):
         array = array[..., 0]
     if not np.issubdtype(array.dtype, np.integer):
         raise DataError(f"{path}: mask must be an integer image, got {array.dtype}")
+    return array
+
+
+def _foreground(array, path, threshold, *, palette, lossy, void_pixels):
+    if palette:
+        return array != 0
     max_value = np.iinfo(array.dtype).max
     if threshold is not None:
         return array > threshold * max_value
-    values = np.unique(array)
+    if lossy:
+        return array > max_value / 2
+    values = np.unique(array if void_pixels is None else array[~void_pixels])
     if set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, max_value}:
         return array > 0
     shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
     raise DataError(
         f"{path}: mask is not binary (values {shown}); expected 0/1 or 0/{max_value}, "
-        "or pass a threshold"
+        "or pass a threshold (or --void for the value of a void border)"
     )
 
 

@@ -82,12 +82,18 @@ def _as_mask(array, name):
 
 
 def _validate(pred, gt):
-    """Both masks as 2-D bool arrays of equal shape."""
-    pred_mask, gt_mask = _as_mask(pred, "pred"), _as_mask(gt, "gt")
+    """Both masks as 2-D bool arrays of equal shape. A truth given as a `numpy.ma` masked
+    array has void pixels (a border nobody labelled): they are background in both masks, so
+    they count for neither side."""
+    void = np.ma.getmaskarray(gt) if np.ma.isMaskedArray(gt) else None
+    pred_mask, gt_mask = _as_mask(pred, "pred"), _as_mask(np.ma.getdata(gt), "gt")
     if pred_mask.shape != gt_mask.shape:
         raise ValueError(
             f"pred and gt must have the same shape, got {np.shape(pred)} and {np.shape(gt)}"
         )
+    if void is not None and void.any():
+        void = void.reshape(gt_mask.shape)
+        return pred_mask & ~void, gt_mask & ~void
     return pred_mask, gt_mask
 
 

@@ -6,11 +6,13 @@ import math
 import keras
 import tensorflow as tf
 
+from segment.imageio import VOID_LABEL
 from segment.layers import InstanceNormalize, LayerScale, SweepContext, subtract_mean
 
 __all__ = [
     "BASE_FILTERS", "DEFAULT_INFERENCE", "DEPTH", "FULL_RESOLUTION", "FULL_RESOLUTION_CHOICES",
     "InferenceSettings", "SegmentationModel", "build_model", "check_min_part", "check_scales",
+    "without_void",
 ]
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +110,14 @@ def _unscale_for_distribution(loss):
     return loss * replicas if replicas > 1 else loss
 
 
+def without_void(y, y_pred):
+    """Truth and prediction with void pixels (truth `VOID_LABEL`, a border nobody labelled)
+    set to 0 in both: they add nothing to the loss or the metrics and pass no gradient. A mask
+    without void is unchanged (multiplied by 1)."""
+    valid = tf.cast(tf.not_equal(y, tf.cast(VOID_LABEL, y.dtype)), y.dtype)
+    return y * valid, y_pred * tf.cast(valid, y_pred.dtype)
+
+
 def spans_workers(strategy):
     """Whether a `tf.distribute` strategy runs across several worker processes (a
     `MultiWorkerMirroredStrategy` with a cluster of more than one task)."""
@@ -167,7 +177,7 @@ class SegmentationModel(keras.Model):
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
-            y_pred = self(x, training=True)
+            y, y_pred = without_void(y, self(x, training=True))
             loss = self.compute_loss(
                 x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
             )
@@ -179,7 +189,7 @@ class SegmentationModel(keras.Model):
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        y_pred = self(x, training=False)
+        y, y_pred = without_void(y, self(x, training=False))
         loss = self.compute_loss(
             x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False
         )

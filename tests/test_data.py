@@ -219,9 +219,9 @@ def _duplicate_stems(root):
     _write_pair(root, "a", image_ext=".jpg")
 
 
-def _jpeg_mask(root):
+def _two_masks_one_name(root):
     _write_pair(root, "a")
-    cv2.imwrite(str(root / "masks" / "b.jpg"), np.zeros((4, 4), np.uint8))
+    cv2.imwrite(str(root / "masks" / "a.jpg"), np.zeros((4, 4), np.uint8))
 
 
 @pytest.mark.parametrize(
@@ -234,7 +234,7 @@ def _jpeg_mask(root):
         (_unpaired_images, r"6 image\(s\) without a mask in masks/: b, c, d, e, f and 1 more"),
         (_unpaired_mask, r"1 mask\(s\) without an image in images/: zz"),
         (_duplicate_stems, r"several images share a name.*a \(a.jpg, a.png\)"),
-        (_jpeg_mask, "masks must be PNG .*b.jpg"),
+        (_two_masks_one_name, r"several masks share a name.*a \(a.jpg, a.png\)"),
     ],
 )
 def test_find_pairs_errors(tmp_path, make_folder, message):

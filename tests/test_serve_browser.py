@@ -201,3 +201,29 @@ def test_the_pages_clean_up_is_the_servers(server):
         expected = clean_mask(mask, min_part=part, min_hole=hole)
         np.testing.assert_array_equal(np.array(got, bool).reshape(mask.shape), expected)
     np.testing.assert_array_equal(clean_mask(strip, min_part=0.0025, min_hole=0.0025), strip)
+
+
+def test_a_sideways_phone_photo_is_shown_and_segmented_upright(server, tmp_path):
+    server, _ = server
+    upright = _image()  # 48 x 64
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned a quarter to the left; viewers turn it right
+    path = tmp_path / "phone.png"
+    Image.fromarray(np.ascontiguousarray(np.rot90(upright, 1))).save(path, exif=exif.tobytes())
+    with _page(server) as page:
+        page.set_input_files("#file", str(path))
+        page.wait_for_selector("body[data-state=ready]", timeout=30_000)
+        pixels = page.evaluate(
+            """() => ['mask', 'overlay'].map((id) => {
+                const canvas = document.getElementById(id);
+                const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+                return [canvas.width, canvas.height, Array.from(data)];
+            })"""
+        )
+    (width, height, mask), (_, _, overlay) = pixels
+    assert (width, height) == (64, 48)
+    mask = np.array(mask, dtype=np.uint8).reshape(48, 64, 4)[..., 0] > 0
+    overlay = np.array(overlay, dtype=np.uint8).reshape(48, 64, 4)[..., :3]
+    # Outside the mask the overlay is the photo itself, upright.
+    assert 0 < np.count_nonzero(~mask)
+    np.testing.assert_array_equal(overlay[~mask], upright[~mask])

@@ -23,6 +23,7 @@ JOBS = {
     "serve": ("segment.cli.serve", "a local web page and HTTP API for a model"),
     "generate": ("segment.cli.generate", "write a synthetic image/mask dataset"),
     "contact-sheet": ("segment.cli.contact_sheet", "a picture of synthetic samples per difficulty"),
+    "import-masks": ("segment.cli.import_masks", "masks from COCO or LabelMe polygon exports"),
     "benchmark": (None, "measure: losses, real photographs, speed, robustness, serving, groups"),
 }
 BENCHMARKS = {

@@ -7,7 +7,7 @@ from pathlib import Path
 from segment.model import check_min_part, check_scales
 
 __all__ = [
-    "HelpFormatter", "add_inference_flags", "add_model_flags", "choice_list", "fail", "inference_options",
+    "HelpFormatter", "add_inference_flags", "add_model_flags", "add_orientation_flag", "choice_list", "fail", "inference_options",
     "non_negative", "part_share", "positive", "probability", "scale_list",
 ]
 
@@ -128,6 +128,14 @@ def add_model_flags(parser):
                              "to the newest RUNS_DIR/*/model.keras")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"),
                         help="where to look for a model when --model is not given")
+
+
+def add_orientation_flag(parser, what="images"):
+    """`--keep-orientation`: read `what` as stored, not turned upright by EXIF orientation."""
+    parser.add_argument(
+        "--keep-orientation", action="store_true",
+        help=f"read {what} as their pixels are stored; by default a photo is turned upright by "
+        "its EXIF orientation, as viewers show it, and every output has the upright size")
 
 
 def add_inference_flags(parser):

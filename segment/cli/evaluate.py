@@ -7,12 +7,13 @@ from pathlib import Path
 from segment.cli.common import (
     HelpFormatter,
     add_inference_flags,
+    add_orientation_flag,
     choice_list,
     fail,
     inference_options,
     non_negative,
 )
-from segment.data import find_pairs
+from segment.data import find_pairs, lossy_mask_note, pairing_note
 from segment.evaluation import (
     evaluate_folder,
     evaluation_folder,
@@ -24,7 +25,7 @@ from segment.evaluation import (
     write_report,
 )
 from segment.evaluation.baselines import BASELINES
-from segment.imageio import DataError, write_png
+from segment.imageio import DataError, keep_stored_orientation, write_png
 
 EPILOG = """\
 examples:
@@ -55,6 +56,11 @@ def build_parser(prog=None):
                         help=f"comma-separated, from {', '.join(BASELINES)}; '' or none for "
                              "the model alone")
     add_inference_flags(parser)
+    parser.add_argument("--void", type=int, default=None, metavar="VALUE",
+                        help="the masks' value for void pixels (a border nobody labelled, as "
+                             "Pascal VOC's 255), which no score counts (default: found in VOC "
+                             "palettes)")
+    add_orientation_flag(parser)
     parser.add_argument("--worst", type=non_negative, default=6, metavar="N",
                         help="rows of worst.png: images with the lowest IoU (0: no sheet)")
     parser.add_argument("--overwrite", action="store_true",
@@ -79,13 +85,17 @@ def main(argv=None, prog=None) -> int:
     if model_path is None and not args.baselines:
         parser.error("nothing to evaluate: --model none and no --baselines")
 
+    keep_stored_orientation(args.keep_orientation)
     try:
         _check_out(args.out, args.overwrite)
         folder = evaluation_folder(args.data)
         pairs = find_pairs(folder)
+        for note in (pairing_note(pairs), lossy_mask_note(pairs)):
+            if note:
+                print(note)
         methods = load_methods(model_path, args.baselines, **inference_options(args))
         print(f"evaluating {', '.join(methods)} on {len(pairs)} images in {folder}")
-        rows = evaluate_folder(pairs, methods)
+        rows = evaluate_folder(pairs, methods, void=args.void)
         args.out.mkdir(parents=True, exist_ok=True)
         write_per_image_csv(args.out / "per_image.csv", rows)
         with open(args.out / "summary.json", "w", encoding="utf-8") as handle:

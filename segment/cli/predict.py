@@ -8,12 +8,14 @@ from segment.cli.common import (
     HelpFormatter,
     add_inference_flags,
     add_model_flags,
+    add_orientation_flag,
     choice_list,
     fail,
     inference_options,
     non_negative,
     positive,
 )
+from segment.imageio import keep_stored_orientation
 from segment.inference import (
     OUTPUT_KINDS,
     collect_inputs,
@@ -74,6 +76,7 @@ def build_parser(prog=None):
                         help="fill holes smaller than this many pixels (0: off); a hole is "
                              "background enclosed by foreground, not a gap open to the edge")
     add_inference_flags(parser)
+    add_orientation_flag(parser)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace outputs that already exist in --out")
     parser.add_argument("--allow-input-dir", action="store_true",
@@ -83,6 +86,7 @@ def build_parser(prog=None):
 
 def main(argv=None, prog=None):
     args = build_parser(prog).parse_args(argv)
+    keep_stored_orientation(args.keep_orientation)
 
     paths, unmatched = collect_inputs(args.inputs, recursive=args.recursive)
     for argument in unmatched:

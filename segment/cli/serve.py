@@ -3,7 +3,13 @@
 import argparse
 import socket
 
-from segment.cli.common import HelpFormatter, add_model_flags, fail, positive
+from segment.cli.common import (
+    HelpFormatter,
+    add_model_flags,
+    add_orientation_flag,
+    fail,
+    positive,
+)
 from segment.inference import load_segmenter, model_to_use
 
 EPILOG = """\
@@ -40,6 +46,7 @@ def build_parser(prog=None):
                         help="largest upload accepted, in MiB (larger: 413)")
     parser.add_argument("--max-megapixels", type=float, default=40.0,
                         help="largest image accepted, width x height in millions (larger: 413)")
+    add_orientation_flag(parser, "uploads")
     return parser
 
 
@@ -71,6 +78,7 @@ def main(argv=None, prog=None):
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_pixels=int(args.max_megapixels * 1e6),
         workers=args.workers,
+        keep_orientation=args.keep_orientation,
     )
     print(f"serving {model_path} on http://{args.host}:{args.port}/ (Ctrl+C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

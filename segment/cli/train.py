@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from segment.cli.common import HelpFormatter, fail
+from segment.cli.common import HelpFormatter, add_orientation_flag, fail
 from segment.data import DIFFICULTIES
 from segment.losses import LOSSES
 from segment.model import FULL_RESOLUTION_CHOICES
@@ -123,6 +123,10 @@ def build_parser(prog=None):
         "a random part, FILE a CSV of stem,group rows")
     add("--threshold", type=float, default=None,
         help="accept multi-valued --data masks: foreground where value > threshold * max")
+    add("--void", type=int, default=None, metavar="VALUE",
+        help="the --data masks' value for void pixels (a border nobody labelled, as Pascal "
+        "VOC's 255), left out of the loss and the scores (default: found in VOC palettes)")
+    add_orientation_flag(parser, "--data images")
     add("--base-filters", type=int, default=defaults.base_filters, help="network width at full resolution")
     add("--depth", type=int, default=defaults.depth, help="2x down-samplings in the U-Net")
     add("--full-resolution", choices=FULL_RESOLUTION_CHOICES, default=defaults.full_resolution,

@@ -4,6 +4,7 @@
 - `drawing`: object shapes and the surfaces that fill objects and backgrounds.
 - `synthetic`: one seeded sample (`make_sample`), degradations, `synthetic_arrays`.
 - `folders`: `DIR/images` + `DIR/masks` folders, splits, reading and writing pairs.
+- `polygons`: masks from polygon annotation exports (COCO and LabelMe JSON).
 - `groups`: near-copies among a folder's images (a video's frames), so that validation
   holds out whole groups.
 - `augment`: scale, rotation, shift, flips and colour changes of photographs.
@@ -16,11 +17,16 @@ user's files raises `segment.imageio.DataError` naming them.
 """
 
 from segment.data.folders import (
+    IMAGE_FOLDERS,
+    MASK_FOLDERS,
+    MASK_SUFFIXES,
     SPLIT_NAMES,
     dataset_splits,
     find_pairs,
     foreground_fraction,
     load_pairs,
+    lossy_mask_note,
+    pairing_note,
     read_pair,
     split_pairs,
     write_folder,
@@ -34,6 +40,18 @@ from segment.data.groups import (
     read_groups_file,
     split_by_groups,
     thumbnail,
+)
+from segment.data.polygons import (
+    SHAPE_TYPES,
+    AnnotatedImage,
+    annotation_files,
+    annotation_format,
+    decode_rle,
+    draw_mask,
+    read_annotations,
+    read_coco,
+    read_labelme,
+    rle_counts_from_string,
 )
 from segment.data.presets import (
     APPEARANCE_KINDS,
@@ -65,11 +83,16 @@ from segment.data.synthetic import (
 __all__ = [
     "add_gaussian_noise",
     "add_salt_and_pepper",
+    "AnnotatedImage",
+    "annotation_files",
+    "annotation_format",
     "APPEARANCE_KINDS",
     "batched_dataset",
     "dataset_splits",
     "DATASET_STREAM",
+    "decode_rle",
     "DIFFICULTIES",
+    "draw_mask",
     "find_groups",
     "find_pairs",
     "folder_dataset",
@@ -77,18 +100,28 @@ __all__ = [
     "frame_runs",
     "generator_config",
     "GeneratorConfig",
+    "IMAGE_FOLDERS",
     "load_pairs",
+    "lossy_mask_note",
     "make_sample",
+    "MASK_FOLDERS",
+    "MASK_SUFFIXES",
     "Mixture",
     "MIXTURES",
     "NEAR_DUPLICATE",
     "near_duplicates",
+    "pairing_note",
     "PRESETS",
+    "read_annotations",
+    "read_coco",
     "read_groups_file",
+    "read_labelme",
     "read_pair",
+    "rle_counts_from_string",
     "sample_rng",
     "scale_contrast",
     "SHAPE_KINDS",
+    "SHAPE_TYPES",
     "Split",
     "split_by_groups",
     "SPLIT_NAMES",

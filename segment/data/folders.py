@@ -6,9 +6,13 @@ import numpy as np
 from tqdm import tqdm
 
 from segment.imageio import (
+    LOSSY_EXTENSIONS,
+    VOID_LABEL,
     DataError,
+    exif_orientation,
     is_image_file,
     read_image,
+    read_labels,
     read_mask,
     scale_image,
     size_hw,
@@ -16,8 +20,9 @@ from segment.imageio import (
 )
 
 __all__ = [
-    "dataset_splits", "find_pairs", "foreground_fraction", "load_pairs", "read_pair",
-    "SPLIT_NAMES", "split_pairs", "write_folder",
+    "IMAGE_FOLDERS", "MASK_FOLDERS", "MASK_SUFFIXES", "SPLIT_NAMES", "dataset_splits",
+    "find_pairs", "foreground_fraction", "load_pairs", "lossy_mask_note", "pairing_note",
+    "read_pair", "split_pairs", "write_folder",
 ]
 
 
@@ -39,61 +44,120 @@ def _image_files(folder):
     ]
 
 
+# Where image/mask folders keep their files, by the names datasets and tools use: the first
+# that exists is taken (`images/` and `masks/` first), and the mask suffix that pairs most.
+IMAGE_FOLDERS = ("images", "imgs", "img", "JPEGImages", "photos")
+MASK_FOLDERS = ("masks", "mask", "labels", "annotations", "gt", "ground_truth", "groundtruth",
+                "SegmentationClass", "segmentations")
+MASK_SUFFIXES = ("", "_mask", "-mask", "_masks", "_label", "_labels", "_gt", "_seg",
+                 "_segmentation")
+
+
+def _subfolder(folder, names):
+    return next((folder / name for name in names if (folder / name).is_dir()), None)
+
+
+def _stems(paths, folder, what):
+    """`{stem: path}`, refusing several files with one stem."""
+    found = {}
+    for path in paths:
+        found.setdefault(path.stem, []).append(path)
+    duplicates = {stem: files for stem, files in found.items() if len(files) > 1}
+    if duplicates:
+        shown = _name_list(
+            [f"{s} ({', '.join(sorted(p.name for p in files))})" for s, files in duplicates.items()]
+        )
+        raise DataError(f"{folder}: several {what} share a name, so the pairing is ambiguous: {shown}")
+    return {stem: files[0] for stem, files in found.items()}
+
+
+def _mask_suffix(image_stems, mask_stems):
+    """The suffix of `MASK_SUFFIXES` that pairs the most masks with images."""
+    def pairs(suffix):
+        return sum(stem.endswith(suffix) and stem[: len(stem) - len(suffix)] in image_stems
+                   for stem in mask_stems)
+
+    return max(MASK_SUFFIXES, key=pairs)  # the first of a tie: "" before any suffix
+
+
 def find_pairs(folder):
-    """Pair `folder/images/<stem>.<ext>` with `folder/masks/<stem>.png`.
+    """Pair the images of `folder` with their masks.
+
+    The usual layout is `folder/images/<stem>.<ext>` with `folder/masks/<stem>.png`; images
+    may also be in `imgs/`, `img/`, `JPEGImages/` or `photos/`, masks in `mask/`, `labels/`,
+    `annotations/`, `gt/`, `ground_truth/`, `SegmentationClass/` or `segmentations/`, named
+    `<stem>.<ext>` or `<stem>_mask`, `_label`, `_gt`, `_seg`, `_segmentation` (`pairing_note`
+    says which were taken). Masks may be PNG or any lossless format, or JPEG (thresholded at
+    the midpoint, `lossy_mask_note`).
 
     Args:
-        folder: a folder holding `images/` and `masks/`.
+        folder: a folder holding images and masks subfolders.
 
     Returns:
         A list of `(image_path, mask_path)`, sorted by stem.
 
     Raises:
-        DataError: missing folders, no images, non-PNG masks, several images with one stem,
+        DataError: missing folders, no images, several images (or masks) with one stem,
             images without masks or masks without images (the message lists them).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder")
-    images_dir, masks_dir = folder / "images", folder / "masks"
-    for sub in (images_dir, masks_dir):
-        if not sub.is_dir():
-            raise DataError(
-                f"{folder}: missing {sub.name}/ subfolder "
-                "(expected images/<name>.<png|jpg|...> and masks/<name>.png)"
-            )
-    images = {}
-    duplicates = set()
-    for path in _image_files(images_dir):
-        if path.stem in images:
-            duplicates.add(path.stem)
-        images.setdefault(path.stem, []).append(path)
+    images_dir, masks_dir = _subfolder(folder, IMAGE_FOLDERS), _subfolder(folder, MASK_FOLDERS)
+    if images_dir is None or masks_dir is None:
+        missing = "images/" if images_dir is None else "masks/"
+        raise DataError(
+            f"{folder}: missing {missing} subfolder "
+            "(expected images/<name>.<png|jpg|...> and masks/<name>.png)"
+        )
+    images = _stems(_image_files(images_dir), images_dir, "images")
     if not images:
         raise DataError(
             f"{images_dir}: no images (expected {', '.join(('.png', '.jpg', '...'))} files)"
         )
-    if duplicates:
-        shown = _name_list(
-            [f"{s} ({', '.join(sorted(p.name for p in images[s]))})" for s in duplicates]
-        )
-        raise DataError(
-            f"{images_dir}: several images share a name, so the pairing is ambiguous: {shown}"
-        )
-    mask_files = _image_files(masks_dir)
-    not_png = [p.name for p in mask_files if p.suffix.lower() != ".png"]
-    if not_png:
-        raise DataError(
-            f"{masks_dir}: masks must be PNG (lossless) files, found {_name_list(not_png)}"
-        )
-    masks = {p.stem: p for p in mask_files}
+    mask_files = _stems(_image_files(masks_dir), masks_dir, "masks")
+    suffix = _mask_suffix(images.keys(), mask_files.keys())
+    masks = {stem[: len(stem) - len(suffix)]: path for stem, path in mask_files.items()
+             if stem.endswith(suffix)}
     problems = []
+    named = f"{masks_dir.name}/" + (f" (as <name>{suffix})" if suffix else "")
     if lonely := images.keys() - masks.keys():
-        problems.append(f"{len(lonely)} image(s) without a mask in masks/: {_name_list(lonely)}")
+        problems.append(f"{len(lonely)} image(s) without a mask in {named}: {_name_list(lonely)}")
     if lonely := masks.keys() - images.keys():
-        problems.append(f"{len(lonely)} mask(s) without an image in images/: {_name_list(lonely)}")
+        problems.append(f"{len(lonely)} mask(s) without an image in {images_dir.name}/: "
+                        f"{_name_list(lonely)}")
     if problems:
         raise DataError(f"{folder}: " + "; ".join(problems))
-    return [(images[stem][0], masks[stem]) for stem in sorted(images)]
+    return [(images[stem], masks[stem]) for stem in sorted(images)]
+
+
+def pairing_note(pairs):
+    """One line on where `find_pairs` found images and masks when it was not `images/` and
+    `masks/<stem>.png`; None when it was."""
+    if not pairs:
+        return None
+    image, mask = pairs[0]
+    suffix = mask.stem[len(image.stem):]
+    if (image.parent.name, mask.parent.name, suffix) == ("images", "masks", ""):
+        return None
+    return (f"pairs: {image.parent.name}/<name>{image.suffix} with "
+            f"{mask.parent.name}/<name>{suffix}{mask.suffix}")
+
+
+def lossy_mask_note(pairs):
+    """A warning when masks among `pairs` are JPEG: they are thresholded at the midpoint, and
+    the line says how many of their pixels were neither black nor white. None without any."""
+    lossy = [mask for _, mask in pairs if Path(mask).suffix.lower() in LOSSY_EXTENSIONS]
+    if not lossy:
+        return None
+    between = total = 0
+    for mask in tqdm(lossy, desc="checking JPEG masks", disable=None, leave=False):
+        values = read_image(mask)
+        values = values.reshape(-1, 3)[:, 0]
+        between += np.count_nonzero((values > 0) & (values < 1))
+        total += values.size
+    return (f"warning: {len(lossy)} masks are JPEG (lossy), read as foreground above the "
+            f"midpoint; {between / total:.1%} of their pixels were neither black nor white")
 
 
 def dataset_splits(root):
@@ -116,7 +180,7 @@ def dataset_splits(root):
     splits = {name: root / name for name in SPLIT_NAMES if (root / name).is_dir()}
     if splits:
         return splits
-    if (root / "images").is_dir():
+    if _subfolder(root, IMAGE_FOLDERS) is not None:
         return {"all": root}
     raise DataError(
         f"{root}: expected images/ and masks/ subfolders, or train/, val/, test/ folders of them"
@@ -149,35 +213,47 @@ def split_pairs(pairs, *, val_fraction=0.1, seed=0):
     return train, val
 
 
-def read_pair(image_path, mask_path, *, threshold=None):
+def read_pair(image_path, mask_path, *, threshold=None, void=None):
     """Read an image and its mask, checking they have the same size.
 
     Returns:
-        `(image, mask)`: float32 RGB `(H, W, 3)` in [0, 1] and bool `(H, W)`.
+        `(image, mask)`: float32 RGB `(H, W, 3)` in [0, 1] and bool `(H, W)`; a mask with
+        void pixels (`segment.imageio.read_labels`) is a `numpy.ma` masked array, its void
+        pixels masked, which the metrics of `segment.metrics` leave out.
 
     Raises:
         DataError: either file unreadable, a non-binary mask, or sizes that differ.
     """
     image = read_image(image_path)
-    mask = read_mask(mask_path, threshold=threshold)
+    mask, void_pixels = read_labels(mask_path, threshold=threshold, void=void)
     if image.shape[:2] != mask.shape:
+        turned = image.shape[1::-1] == mask.shape and exif_orientation(
+            np.fromfile(str(image_path), dtype=np.uint8)) >= 5
         raise DataError(
             f"{image_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
-            f"{mask.shape[1]}x{mask.shape[0]} (width x height)"
+            f"{mask.shape[1]}x{mask.shape[0]} (width x height)" + (
+                "; the mask fits the photo's pixels as stored, before its EXIF orientation "
+                "turns it upright: pass --keep-orientation" if turned else "")
         )
+    if void_pixels is not None:
+        return image, np.ma.MaskedArray(mask, mask=void_pixels)
     return image, mask
 
 
-def foreground_fraction(pairs, *, threshold=None, limit=500):
+def foreground_fraction(pairs, *, threshold=None, void=None, limit=500):
     """The mean share of foreground pixels in the masks of `pairs` (at most `limit` of them,
     evenly spaced, so that a large folder is read quickly)."""
     step = max(1, len(pairs) // limit)
-    return float(np.mean([read_mask(mask, threshold=threshold).mean() for _, mask in pairs[::step]]))
+    return float(np.mean([read_mask(mask, threshold=threshold, void=void).mean()
+                          for _, mask in pairs[::step]]))
 
 
-def read_training_pair(image_path, mask_path, threshold):
-    image, mask = read_pair(image_path, mask_path, threshold=threshold)
-    return image, mask[..., None].astype(np.float32)
+def read_training_pair(image_path, mask_path, threshold, void=None):
+    """An image and its `(H, W, 1)` float32 mask: 0, 1, and `VOID_LABEL` where void."""
+    image, mask = read_pair(image_path, mask_path, threshold=threshold, void=void)
+    labels = np.ma.getdata(mask).astype(np.float32)
+    labels[np.ma.getmaskarray(mask)] = VOID_LABEL
+    return image, labels[..., None]
 
 
 def resize_pair(image, mask, shape):

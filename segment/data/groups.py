@@ -49,6 +49,8 @@ class Split:
             measured).
         val_labels: a group label per validation pair (`find_groups` among them), for
             statistics over groups; None when not found.
+        notes: lines on how the folder was read (`pairing_note`, `lossy_mask_note`), shown
+            before the split.
     """
 
     train: list
@@ -58,13 +60,14 @@ class Split:
     val_groups: int | None = None
     near_duplicates: int | None = None
     val_labels: list | None = None
+    notes: list = dataclasses.field(default_factory=list)
 
     def describe(self):
         """One line on how validation was drawn; a second, a warning, if near-duplicates of
         validation images remain in training."""
         groups = (f" ({self.val_groups} of {self.train_groups + self.val_groups} groups)"
                   if self.val_groups is not None else "")
-        lines = [f"validation: {len(self.val)} of {len(self.train) + len(self.val)} images"
+        lines = [*self.notes, f"validation: {len(self.val)} of {len(self.train) + len(self.val)} images"
                  f"{groups}, {self.method}"]
         if self.near_duplicates:
             lines.append(

@@ -126,8 +126,8 @@ def synthetic_dataset(
 
 
 def folder_dataset(
-    pairs, *, size, batch_size, augment=True, seed=0, repeat=True, threshold=None, start=0,
-    shard=None,
+    pairs, *, size, batch_size, augment=True, seed=0, repeat=True, threshold=None, void=None,
+    start=0, shard=None,
 ):
     """A `tf.data` stream of batches from image/mask pairs, whole images at a working size.
 
@@ -148,6 +148,8 @@ def folder_dataset(
         seed: seed for shuffling and augmentation. Defaults to 0.
         repeat: endless shuffled epochs, or a single ordered pass. Defaults to True.
         threshold: passed to `read_mask`. Defaults to None (strict binary masks).
+        void: passed to `read_labels`: the mask value of void pixels, which the masks carry
+            as `VOID_LABEL` and training leaves out. Defaults to None (VOC palettes only).
         start: with `repeat`, the stream position to begin at, to resume training where it
             stopped. Defaults to 0.
         shard: with `repeat`, `(index, count)`: this worker's share of every batch
@@ -168,7 +170,7 @@ def folder_dataset(
     keep_side = int(np.ceil(side * AUGMENT_SCALE[1]))
     images, masks = [], []
     for image_path, mask_path in tqdm(pairs, desc="reading", disable=None):
-        image, mask = read_training_pair(image_path, mask_path, threshold)
+        image, mask = read_training_pair(image_path, mask_path, threshold, void)
         if not augment:
             image, mask = place_pair(image, mask, side)
         elif max(image.shape[:2]) > keep_side:

@@ -132,6 +132,7 @@ def create_app(
     max_upload_bytes=DEFAULT_MAX_UPLOAD_BYTES,
     max_pixels=DEFAULT_MAX_PIXELS,
     workers=2,
+    keep_orientation=False,
 ):
     """The ASGI app serving `model` (a `load_segmenter` result).
 
@@ -140,6 +141,8 @@ def create_app(
         max_upload_bytes: largest request body accepted. Defaults to 20 MiB.
         max_pixels: largest image (width x height) accepted. Defaults to 40 megapixels.
         workers: images segmented at once. Defaults to 2.
+        keep_orientation: segment uploads as their pixels are stored, not turned upright by
+            their EXIF orientation. Defaults to False.
     """
     # Keep uploads in memory up to the limit (Starlette spools larger parts to a temporary
     # file): nothing a user sends is written to disk.
@@ -172,9 +175,10 @@ def create_app(
             **InferenceSettings.of(model).to_dict(),
             "max_upload_bytes": max_upload_bytes,
             "max_pixels": max_pixels,
+            "keep_orientation": keep_orientation,
         }
 
-    segment_image = _segment_endpoint(_Segmenter(model), max_pixels, anyio.CapacityLimiter(workers))
+    segment_image = _segment_endpoint(_Segmenter(model, upright=not keep_orientation), max_pixels, anyio.CapacityLimiter(workers))
     app.post(
         "/api/segment",
         response_class=Response,
@@ -211,12 +215,12 @@ def _add_error_handlers(app):
 class _Segmenter:
     """Segments an uploaded image as `predict.py` does, into a PNG of the kind asked for."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, *, upright=True):
+        self.model, self.upright = model, upright
         self.lock = threading.Lock() if _backend(model) == "litert" else None  # one interpreter
 
     def png(self, data, name, output, *, tta, **finish):
-        image = decode_image(data, name)
+        image = decode_image(data, name, upright=self.upright)
         options = {} if tta is None else {"tta": tta}
         with self.lock or contextlib.nullcontext():
             probability = predict_probability(self.model, image, **options)

@@ -109,12 +109,13 @@ def evaluate_samples(samples, methods, *, warm_up=True, progress=True):
     return rows
 
 
-def _read_samples(pairs, threshold=None):
+def _read_samples(pairs, threshold=None, void=None):
     for image_path, mask_path in pairs:
-        yield (Path(image_path).name, *read_pair(image_path, mask_path, threshold=threshold))
+        yield (Path(image_path).name,
+               *read_pair(image_path, mask_path, threshold=threshold, void=void))
 
 
-def evaluate_folder(pairs, methods, *, warm_up=True, threshold=None, progress=True):
+def evaluate_folder(pairs, methods, *, warm_up=True, threshold=None, void=None, progress=True):
     """`evaluate_samples` on image/mask files, read one pair at a time (memory stays flat).
 
     Args:
@@ -123,10 +124,12 @@ def evaluate_folder(pairs, methods, *, warm_up=True, threshold=None, progress=Tr
         warm_up: as for `evaluate_samples`. Defaults to True.
         threshold: passed to `segment.imageio.read_mask` for multi-valued masks. Defaults
             to None (strict binary masks).
+        void: the masks' value for void pixels, which no metric counts
+            (`segment.imageio.read_labels`). Defaults to None (found in VOC palettes only).
         progress: show a progress bar. Defaults to True.
     """
     return evaluate_samples(
-        _read_samples(pairs, threshold), methods, warm_up=warm_up, progress=progress
+        _read_samples(pairs, threshold, void), methods, warm_up=warm_up, progress=progress
     )
 
 

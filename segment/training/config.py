@@ -72,6 +72,8 @@ class TrainConfig:
     strategy: str = "default"  # default, mirrored or multiworker
     jit_compile: bool = False  # XLA; off because it measured slower on CPU for this model
     threshold: float | None = None  # accept multi-valued --data masks, foreground > threshold
+    void: int | None = None  # the mask value of void pixels, left out of the loss and scores
+    keep_orientation: bool = False  # read --data as stored, not turned upright by EXIF
 
     def to_json(self, path):
         write_text(path, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
@@ -82,6 +84,7 @@ class TrainConfig:
         # Run folders written before the setting existed trained residual blocks there.
         values.setdefault("full_resolution", "residual")
         values.setdefault("groups", "none")  # and drew their validation images at random
+        values.setdefault("keep_orientation", True)  # and read images as stored
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -185,7 +188,8 @@ def resolve_config(config, pairs):
             )
             fraction = float(masks.mean())
         else:
-            fraction = data.foreground_fraction(pairs[0], threshold=config.threshold)
+            fraction = data.foreground_fraction(pairs[0], threshold=config.threshold,
+                                                  void=config.void)
         config.foreground_prior = round(min(max(fraction, 0.01), 0.99), 4)
     if config.mixed_precision is None:
         # Across machines every worker must compute alike: float32 unless asked otherwise.

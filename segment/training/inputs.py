@@ -39,6 +39,8 @@ def folder_pairs(config):
                                  against=[thumbnails[image] for image, _ in split.train])
     split.near_duplicates = len({index for index, _ in close})
     split.val_labels = data.find_groups(split.val, thumbnails=val_thumbnails)
+    notes = (data.pairing_note(pairs), data.lossy_mask_note(pairs + val_pairs))
+    split.notes = [note for note in notes if note]
     return split
 
 
@@ -69,15 +71,16 @@ class FolderSamples:
     """Validation samples `(name, image, truth)` read from their files on every pass, so
     memory does not grow with the validation set (the files were checked at start-up)."""
 
-    def __init__(self, pairs, threshold):
-        self.pairs, self.threshold = pairs, threshold
+    def __init__(self, pairs, threshold, void=None):
+        self.pairs, self.threshold, self.void = pairs, threshold, void
 
     def __len__(self):
         return len(self.pairs)
 
     def __iter__(self):
         for image_path, mask_path in self.pairs:
-            image, mask = data.read_pair(image_path, mask_path, threshold=self.threshold)
+            image, mask = data.read_pair(image_path, mask_path, threshold=self.threshold,
+                                         void=self.void)
             yield Path(image_path).name, image, mask
 
 
@@ -103,6 +106,7 @@ def training_stream(config, pairs, start, shard=None):
         augment=True,
         seed=config.seed,
         threshold=config.threshold,
+        void=config.void,
         start=start,
         shard=shard,
     )
@@ -112,7 +116,7 @@ def validation_samples(config, pairs):
     """The validation samples `(name, image, truth)` at the images' own size: validation runs
     the model as prediction does. `pairs` as for `training_stream`."""
     if pairs is not None:
-        return FolderSamples(pairs[1], config.threshold)
+        return FolderSamples(pairs[1], config.threshold, config.void)
     images, masks = data.synthetic_arrays(
         config.val_count,
         size=config.size,

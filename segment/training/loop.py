@@ -11,7 +11,7 @@ from pathlib import Path
 
 import keras
 
-from segment.imageio import DataError, write_text
+from segment.imageio import DataError, keep_stored_orientation, write_text
 from segment.model import spans_workers
 from segment.training.budget import Budget
 from segment.training.callbacks import run_folder_callbacks
@@ -88,6 +88,7 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
     """
     started = time.perf_counter()
     config = _config_to_run(config, resume)
+    keep_stored_orientation(config.keep_orientation)
     strategy = make_strategy(config.strategy)  # first: before any other TensorFlow work
     config, resume = _continue_interrupted(config, resume, overwrite, strategy)
     split = None if config.data is None else folder_pairs(config)
