@@ -342,7 +342,9 @@ def _mask_like_images(folder):
     return data.write_folder(folder, images, masks)
 
 
-def test_augmentation_moves_image_and_mask_together(tmp_path):
+def test_augmentation_moves_image_and_mask_together(tmp_path, monkeypatch):
+    # Pasting softens the pasted object's edge by a pixel: tested on its own below.
+    monkeypatch.setattr("segment.data.streams.PASTE_PROBABILITY", 0.0)
     pairs = _mask_like_images(tmp_path)
     dataset = data.folder_dataset(pairs, size=32, batch_size=4, seed=3)
     assert dataset.element_spec[0].shape == (4, 32, 32, 3)
@@ -358,6 +360,42 @@ def test_augmentation_moves_image_and_mask_together(tmp_path):
         # the L's edges; everywhere else they must agree exactly.
         inside = erosion(mask, square) | erosion(~mask, square)
         np.testing.assert_array_equal(foreground[inside], mask[inside])
+
+
+def test_paste_lays_the_other_object_over_the_image_and_unites_the_masks():
+    from segment.data.augment import paste_foreground
+    from segment.imageio import VOID_LABEL
+
+    image, other = np.zeros((20, 20, 3), np.float32), np.ones((20, 20, 3), np.float32)
+    mask, other_mask = np.zeros((20, 20, 1), np.float32), np.zeros((20, 20, 1), np.float32)
+    mask[2:8, 2:8] = 1
+    mask[10:14, 10:12] = VOID_LABEL  # under the pasted object: foreground now
+    mask[16:19, 2:5] = VOID_LABEL  # elsewhere: stays void
+    other_mask[9:17, 9:17] = 1
+    other_mask[0:3, 15:18] = VOID_LABEL  # the other image's void is not pasted
+    pasted, union = paste_foreground(image, mask, other, other_mask)
+    expected = mask.copy()
+    expected[9:17, 9:17] = 1
+    np.testing.assert_array_equal(union, expected)
+    np.testing.assert_allclose(pasted[11:15, 11:15], 1.0, atol=0.01)  # inside: the object
+    assert np.all(pasted[:6, :6] < 0.01) and np.all(pasted[0:3, 15:18] < 0.01)  # elsewhere: image
+    assert 0.3 < pasted[12, 9, 0] < 0.7  # the edge: half and half
+
+
+def test_the_stream_pastes_objects_into_about_half_the_samples(tmp_path, monkeypatch):
+    pairs = _mask_like_images(tmp_path)
+
+    def masks():
+        return next(data.folder_dataset(pairs, size=32, batch_size=64, seed=0).as_numpy_iterator())[1]
+
+    pasted = masks()
+    monkeypatch.setattr("segment.data.streams.PASTE_PROBABILITY", 0.0)
+    plain = masks()
+    # Each sample is drawn before its paste: without one it is the plain stream's sample, with
+    # one it has all of that sample's foreground and more.
+    changed = [not np.array_equal(a, b) for a, b in zip(pasted, plain)]
+    assert 0.3 < np.mean(changed) < 0.7
+    assert all((a >= b).all() for a, b in zip(pasted, plain))
 
 
 def test_folder_dataset_is_seeded(tmp_path):

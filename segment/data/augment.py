@@ -1,4 +1,5 @@
-"""Augmenting photographs for training: scale, rotation, shift, flips and colour."""
+"""Augmenting photographs for training: scale, rotation, shift, flips, colour, and another
+image's object pasted in."""
 
 
 import cv2
@@ -26,6 +27,12 @@ _BRIGHTNESS = 0.1
 
 
 _GAMMA = (0.7, 1.4)
+
+# Half the samples get the object of another training image pasted over them (Ghiasi et al.,
+# "Simple Copy-Paste", CVPR 2021): objects over backgrounds they were never seen on, so that
+# grouped photographs (a video's frames) are not learnt as whole pictures. On DAVIS 2016 it
+# raised IoU on unseen sequences from 0.317 to 0.406 (docs/experiments.md).
+PASTE_PROBABILITY = 0.5
 
 
 def place_pair(image, mask, side):
@@ -60,3 +67,13 @@ def augment_pair(rng, image, mask, side):
     image = image ** np.float32(rng.uniform(*_GAMMA))
     return image, mask.reshape(side, side, 1).astype(np.float32)
 
+
+
+def paste_foreground(image, mask, other_image, other_mask):
+    """`other_image`'s foreground laid over `image` (its edge softened by a pixel, so that a
+    cut edge is no cue), and the masks' union: both objects are foreground. Void pixels of
+    the other mask are not pasted; those of `mask` under the pasted object become foreground."""
+    pasted = (other_mask == 1).astype(np.float32)
+    alpha = cv2.GaussianBlur(pasted[..., 0], (0, 0), 1.0)[..., None]
+    image = image * (1 - alpha) + other_image * alpha
+    return image.astype(np.float32), np.where(pasted > 0, np.float32(1), mask)

@@ -7,7 +7,13 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from segment.data.augment import AUGMENT_SCALE, augment_pair, place_pair
+from segment.data.augment import (
+    AUGMENT_SCALE,
+    PASTE_PROBABILITY,
+    augment_pair,
+    paste_foreground,
+    place_pair,
+)
 from segment.data.folders import read_training_pair, resize_pair
 from segment.data.presets import generator_config
 from segment.data.synthetic import make_sample, sample_rng, stack_samples
@@ -143,7 +149,9 @@ def folder_dataset(
         batch_size: samples per batch.
         augment: random scale (0.75-1.25x), rotation (up to 30 degrees), shift, mirroring,
             and saturation, contrast, brightness and gamma changes, with the mask warped
-            alongside; else the image at the working size, top left, reflect-padded.
+            alongside, and in half the samples another image's object pasted in
+            (`paste_foreground`); else the image at the working size, top left,
+            reflect-padded.
             Defaults to True.
         seed: seed for shuffling and augmentation. Defaults to 0.
         repeat: endless shuffled epochs, or a single ordered pass. Defaults to True.
@@ -188,7 +196,13 @@ def folder_dataset(
         epoch, offset = divmod(position, count)
         index = epoch_order(epoch)[offset] if repeat else offset
         if augment:
-            return augment_pair(sample_rng(seed, position), images[index], masks[index], side)
+            rng = sample_rng(seed, position)
+            image, mask = augment_pair(rng, images[index], masks[index], side)
+            if rng.random() < PASTE_PROBABILITY:
+                other = int(rng.integers(count))
+                image, mask = paste_foreground(
+                    image, mask, *augment_pair(rng, images[other], masks[other], side))
+            return image, mask
         return images[index].astype(np.float32) / 255, masks[index].astype(np.float32)
 
     def make_batch(positions):
