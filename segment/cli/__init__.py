@@ -24,7 +24,8 @@ JOBS = {
     "generate": ("segment.cli.generate", "write a synthetic image/mask dataset"),
     "contact-sheet": ("segment.cli.contact_sheet", "a picture of synthetic samples per difficulty"),
     "import-masks": ("segment.cli.import_masks", "masks from COCO or LabelMe polygon exports"),
-    "benchmark": (None, "measure: losses, real photographs, speed, robustness, serving, groups"),
+    "benchmark": (None, "measure: losses, real photographs, speed, robustness, serving, groups, "
+                        "clicks"),
 }
 BENCHMARKS = {
     "losses": ("segment.benchmarks.losses", "every loss on the same network, data and steps"),
@@ -33,6 +34,8 @@ BENCHMARKS = {
     "robustness": ("segment.benchmarks.robustness", "masks under noise, blur and low contrast"),
     "serving": ("segment.benchmarks.serving", "the HTTP API under concurrent requests"),
     "grouping": ("segment.benchmarks.grouping", "how well --groups auto finds known groups"),
+    "interactive": ("segment.benchmarks.interactive",
+                    "clicks to a good mask, with a simulated annotator"),
 }
 
 

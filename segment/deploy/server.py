@@ -5,7 +5,9 @@
 - `POST /api/segment`: a multipart upload in the form field `file` (as rembg's server takes
   it); query options `output` (mask, prob, overlay, cutout), `threshold`, `tta`, `min_area`,
   `min_part`, `min_hole`, `fill_holes`, `refine`; answers a PNG. The segmentation is
-  `segment.inference`'s, as `predict.py` runs it.
+  `segment.inference`'s, as `predict.py` runs it. An optional form field `clicks`, JSON
+  `[{"x": 120, "y": 48, "foreground": true}, ...]` in the answer's pixels, corrects
+  the mask (`segment.inference.correct_mask`); bad clicks get 400.
 - `GET /api/health`: the model's name, input size multiple, backend and inference settings.
 - `GET /`: one self-contained page (no external resources): drop an image, see the overlay
   and the cut-out side by side, move a threshold slider, download the mask or the cut-out.
@@ -27,7 +29,7 @@ from typing import Literal
 
 import anyio
 import numpy as np
-from fastapi import FastAPI, File, Query, UploadFile
+from fastapi import FastAPI, File, Form, Query, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
@@ -37,7 +39,9 @@ from starlette.formparsers import MultiPartParser
 from segment.imageio import DataError, decode_image, encode_png
 from segment.inference import (
     OUTPUT_KINDS,
+    correct_mask,
     finish_mask,
+    parse_clicks,
     predict_probability,
     render_output,
     size_multiple,
@@ -184,7 +188,7 @@ def create_app(
         response_class=Response,
         responses={
             200: {"content": {"image/png": {}}, "description": "the requested picture, PNG"},
-            400: {"description": "no file in the form field `file`"},
+            400: {"description": "no file in the form field `file`, or bad `clicks`"},
             413: {"description": "upload or image too large"},
             415: {"description": "not a readable image"},
         },
@@ -219,16 +223,33 @@ class _Segmenter:
         self.model, self.upright = model, upright
         self.lock = threading.Lock() if _backend(model) == "litert" else None  # one interpreter
 
-    def png(self, data, name, output, *, tta, **finish):
+    def png(self, data, name, output, *, tta, clicks=None, **finish):
         image = decode_image(data, name, upright=self.upright)
+        if clicks is not None:  # checked against the image as decoded, before the network runs
+            clicks = _parsed_clicks(clicks, image.shape)
         options = {} if tta is None else {"tta": tta}
         with self.lock or contextlib.nullcontext():
             probability = predict_probability(self.model, image, **options)
         mask = finish_mask(self.model, image, probability, **finish)
+        if clicks is not None:  # the mask the user saw, corrected where they clicked
+            threshold = InferenceSettings.of(self.model).replace(
+                threshold=finish.get("threshold")).threshold
+            mask = correct_mask(image, probability, clicks, threshold=threshold, start=mask)
         png = encode_png(render_output(output, image, probability, mask))
         del image, probability, mask
         _release_freed_memory()
         return png
+
+
+class _BadClicks(Exception):
+    pass
+
+
+def _parsed_clicks(text, shape):
+    try:
+        return parse_clicks(text, shape)
+    except DataError as error:  # the request's fault (400), not the image's (415)
+        raise _BadClicks(str(error)) from None
 
 
 def _segment_endpoint(segmenter, max_pixels, limiter):
@@ -257,10 +278,18 @@ def _segment_endpoint(segmenter, max_pixels, limiter):
         refine: bool | None = Query(
             None, description="refine the mask with GrabCut on the image (default: the model's)"
         ),
+        clicks: str | None = Form(
+            None, description='corrections, JSON [{"x": 120, "y": 48, "foreground": true}, ...] '
+            "in the pixels of the answer, the image turned upright (x right, y down): each click "
+            "says its pixel is foreground (true) or background (false); with output mask, "
+            "overlay or cutout",
+        ),
     ):
         """Segment one uploaded image; the answer is a PNG of the requested kind."""
         if file is None:
             return _error(400, "no file: send the image as multipart form field 'file'")
+        if clicks is not None and output == "prob":
+            return _error(400, "clicks: take output=mask, overlay or cutout")
         data = await file.read()
         name = file.filename or "upload"
         try:
@@ -271,10 +300,14 @@ def _segment_endpoint(segmenter, max_pixels, limiter):
             return _error(415, str(error))
         options = dict(tta=tta, threshold=threshold, refine=refine, min_area=min_area,
                        fill_holes=fill_holes, min_part=min_part, min_hole=min_hole)
+        if clicks is not None:
+            options["clicks"] = clicks
         try:
             png = await anyio.to_thread.run_sync(
                 lambda: segmenter.png(data, name, output, **options), limiter=limiter
             )
+        except _BadClicks as error:
+            return _error(400, str(error))
         except DataError as error:
             return _error(415, str(error))
         return Response(png, media_type="image/png")

@@ -5,6 +5,7 @@
   threshold, flips, scales, how masks are finished).
 - `predict`: any-size prediction (`predict_probability`, `predict_mask`), on `tiling`.
 - `masks`: threshold, GrabCut refinement, small parts and holes (`finish_mask`).
+- `clicks`: a mask corrected by a user's clicks (`parse_clicks`, `correct_mask`).
 - `render`: mask, probability, overlay and cut-out pictures.
 - `files`: segmenting files named on a command line (`segment_files`).
 
@@ -15,6 +16,7 @@ Typical use:
     mask = predict_mask(model, read_image("photo.jpg"))
 """
 
+from segment.inference.clicks import Click, correct_mask, parse_clicks
 from segment.inference.exported import METADATA_KEY, ExportedSegmenter, load_exported
 from segment.inference.files import collect_inputs, segment_files
 from segment.inference.loading import find_latest_model, load_segmenter, model_to_use
@@ -40,7 +42,9 @@ __all__ = [
     "check_min_part",
     "check_scales",
     "clean_mask",
+    "Click",
     "collect_inputs",
+    "correct_mask",
     "error_picture",
     "ExportedSegmenter",
     "find_latest_model",
@@ -52,6 +56,7 @@ __all__ = [
     "model_to_use",
     "OUTPUT_KINDS",
     "output_path",
+    "parse_clicks",
     "predict_mask",
     "predict_probability",
     "refine_mask",
