@@ -219,7 +219,8 @@ def read_labels(path, *, threshold=None, void=None):
     if void_pixels is not None and not void_pixels.any():
         void_pixels = None
     mask = _foreground(array, path, threshold, palette=indices is not None,
-                       lossy=raw[:2].tobytes() == b"\xff\xd8", void_pixels=void_pixels)
+                       lossy=Path(path).suffix.lower() in LOSSY_EXTENSIONS,
+                       void_pixels=void_pixels)
     return (mask & ~void_pixels if void_pixels is not None else mask), void_pixels
 
 
