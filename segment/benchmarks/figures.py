@@ -1,6 +1,7 @@
 """The loss benchmark's pictures: a bar chart of the scores and a sheet of sample masks."""
 
 import math
+import os
 
 import cv2
 import numpy as np
@@ -131,3 +132,22 @@ def samples_sheet(images, masks, predictions_by_loss):
           (6, 16), scale=0.4, colour=_WHITE)
     rows.append(legend)
     return np.concatenate(rows, axis=0)
+
+
+def pyplot():
+    """matplotlib's pyplot, drawing to files only (the plot extra; ImportError without it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure, path):
+    """Write a matplotlib figure as a PNG atomically (a hidden temporary file, then renamed)
+    and close it."""
+    temporary = path.with_name(f".{path.stem}.tmp.png")
+    figure.savefig(temporary, dpi=90)
+    pyplot().close(figure)
+    os.replace(temporary, path)

@@ -24,13 +24,13 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from segment.benchmarks.figures import pyplot, save_figure
 from segment.cli.common import HelpFormatter, fail, positive
 from segment.data import find_pairs, read_pair
 from segment.evaluation import evaluation_folder
@@ -158,12 +158,7 @@ def per_image_csv(rows, max_clicks):
 
 def plot(path, report):
     """Mean IoU against the number of clicks, a line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axis = pyplot().subplots(figsize=(6, 4))
     for name, figures in report.items():
         curve = figures["mean_iou_by_clicks"]
         axis.plot(range(len(curve)), curve, marker="o", markersize=3, label=name)
@@ -173,10 +168,7 @@ def plot(path, report):
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    temporary = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(temporary, dpi=90)
-    plt.close(figure)
-    os.replace(temporary, path)
+    save_figure(figure, path)
 
 
 def write_outputs(out, report, rows, table, settings):

@@ -20,13 +20,13 @@ networks' own masks); the outputs in --out are
 
 import argparse
 import csv
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from segment.benchmarks.figures import pyplot, save_figure
 from segment.cli.common import HelpFormatter, fail, part_share, positive
 from segment.data import (
     add_gaussian_noise,
@@ -151,11 +151,7 @@ def markdown(rows, names):
 
 def plot(path, rows, names):
     """IoU (top) and spurious parts per image (bottom) against strength, per axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     axes_names = list(AXIS_LABELS)
     figure, grid = plt.subplots(2, len(axes_names), figsize=(4 * len(axes_names), 6.5),
                                 sharey="row")
@@ -177,10 +173,7 @@ def plot(path, rows, names):
     grid[0, 0].legend()
     figure.suptitle("Held-out medium scenes, degraded (every model sees the same images)")
     figure.tight_layout()
-    temporary = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(temporary, dpi=90)
-    plt.close(figure)
-    os.replace(temporary, path)
+    save_figure(figure, path)
 
 
 def main(argv=None, prog=None) -> int:
