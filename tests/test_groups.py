@@ -124,7 +124,7 @@ def test_thumbnails_ignore_brightness_and_contrast(tmp_path):
 def test_split_by_groups_holds_out_whole_groups():
     pairs = [(f"i{n}", f"m{n}") for n in range(20)]
     groups = [n // 4 for n in range(20)]  # five groups of four
-    train, val = data.split_by_groups(pairs, groups, val_fraction=0.2, seed=1)
+    train, val = data.split_by_groups(pairs, groups, val_fraction=0.2, seed=1, min_groups=1)
     assert len(val) == 4 and len(train) == 16
     held = {groups[pairs.index(pair)] for pair in val}
     assert len(held) == 1 and all(groups[pairs.index(pair)] not in held for pair in train)
@@ -132,6 +132,26 @@ def test_split_by_groups_holds_out_whole_groups():
     assert data.split_by_groups(pairs, [0] * 19 + [1], val_fraction=0.1, seed=0) in (
         None, (pairs[:19], pairs[19:]))
     assert data.split_by_groups(pairs, [0] * 20, val_fraction=0.1, seed=0) is None
+
+
+def test_split_by_groups_takes_more_groups_up_to_a_quarter_of_the_images():
+    pairs = [(f"i{n}", f"m{n}") for n in range(40)]
+    groups = [n // 4 for n in range(40)]  # ten groups of four
+    # A tenth is one group; eight groups would be 32 images, past a quarter (10): two groups.
+    train, val = data.split_by_groups(pairs, groups, val_fraction=0.1, seed=1)
+    assert len(val) == 8 and len({groups[pairs.index(pair)] for pair in val}) == 2
+    train, val = data.split_by_groups(pairs, groups, val_fraction=0.1, seed=1, max_share=0.5)
+    assert len(val) == 20  # five groups: the sixth would pass half
+    # Independent images (each its own group): the share alone, as before.
+    train, val = data.split_by_groups(pairs, list(range(40)), val_fraction=0.1, seed=1)
+    assert len(val) == 4
+
+
+def test_thin_groups_keeps_evenly_spaced_members_of_each_group():
+    labels = ["a"] * 7 + ["b"] * 2 + ["a"] * 2
+    # a's members are 0-6, 9, 10; three evenly spaced of nine: the first, the fifth, the last.
+    assert data.thin_groups(labels, per_group=3) == [0, 4, 7, 8, 10]
+    assert data.thin_groups(labels, per_group=20) == list(range(11))
 
 
 def test_a_groups_file_names_every_image(tmp_path):
@@ -159,16 +179,33 @@ def test_training_holds_out_whole_groups_and_records_how(unnamed, tmp_path, caps
     _, results = train(_tiny(folder, tmp_path / "auto"), verbose=0)
     split = results["validation_split"]
     assert split["method"].startswith("whole groups")
-    assert (split["train_groups"], split["val_groups"]) == (SEQUENCES - 2, 2)
-    assert split["val_images"] == 2 * FRAMES and split["val_near_duplicates"] == 0
-    assert results["iou_standard_error_groups"] == 2  # over the two held-out sequences
-    assert "validation: 16 of 96 images (2 of 12 groups)" in capsys.readouterr().out
+    # A tenth is two sequences; a quarter of the images (three sequences) caps the eight
+    # groups validation would take.
+    assert (split["train_groups"], split["val_groups"]) == (SEQUENCES - 3, 3)
+    assert split["val_images"] == 3 * FRAMES and split["val_near_duplicates"] == 0
+    assert results["iou_standard_error_groups"] == 3  # over the three held-out sequences
+    assert "validation: 24 of 96 images (3 of 12 groups)" in capsys.readouterr().out
     # The random split of earlier versions, on request: every validation image leaks, and the
     # run says so.
     _, results = train(_tiny(folder, tmp_path / "none", groups="none"), verbose=0)
     split = results["validation_split"]
     assert split["val_near_duplicates"] == split["val_images"] == 10
     assert "warning: 10 of 10 validation images have a near-duplicate" in capsys.readouterr().out
+
+
+def test_validation_keeps_evenly_spaced_frames_of_each_held_out_group(unnamed, monkeypatch):
+    from segment.training.inputs import folder_pairs
+
+    pairs, truth = unnamed
+    monkeypatch.setattr(data, "VAL_IMAGES_PER_GROUP", 3)
+    split = folder_pairs(TrainConfig(data=str(Path(pairs[0][0]).parents[1])))
+    sequence = dict(zip((image for image, _ in pairs), truth))
+    held = {sequence[image] for image, _ in split.val}
+    assert len(held) == 3 and len(split.val) == 9 and split.set_aside == 15
+    assert all(sequence[image] not in held for image, _ in split.train)  # nothing set aside trains
+    assert len(split.train) == 96 - 24
+    assert len(set(split.val_labels)) == 3 and split.summary()["set_aside"] == 15
+    assert split.describe().startswith("validation: 9 of 96 images (3 of 12 groups)")
 
 
 def test_the_train_command_takes_a_groups_file(unnamed, tmp_path, capsys):

@@ -32,13 +32,17 @@ from segment.data.folders import (
     write_folder,
 )
 from segment.data.groups import (
+    MAX_VAL_SHARE,
+    MIN_VAL_GROUPS,
     NEAR_DUPLICATE,
+    VAL_IMAGES_PER_GROUP,
     Split,
     find_groups,
     frame_runs,
     near_duplicates,
     read_groups_file,
     split_by_groups,
+    thin_groups,
     thumbnail,
 )
 from segment.data.polygons import (
@@ -128,6 +132,10 @@ __all__ = [
     "split_pairs",
     "stream_positions",
     "synthetic_arrays",
+    "VAL_IMAGES_PER_GROUP",
+    "MAX_VAL_SHARE",
+    "MIN_VAL_GROUPS",
+    "thin_groups",
     "synthetic_dataset",
     "synthetic_sequence",
     "thumbnail",

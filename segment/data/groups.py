@@ -21,7 +21,7 @@ from segment.imageio import DataError, read_image
 
 __all__ = [
     "NEAR_DUPLICATE", "Split", "find_groups", "frame_runs", "near_duplicates", "run_name",
-    "read_groups_file", "split_by_groups", "thumbnail",
+    "read_groups_file", "split_by_groups", "thin_groups", "thumbnail",
 ]
 
 THUMBNAIL_SIDE = 16
@@ -34,6 +34,12 @@ RUN_NEIGHBOUR = 0.65
 # Within one name, a numbered frame more than this many times the median step past the one
 # before starts a new run.
 RUN_GAP = 5
+# Validation drawn from grouped images holds at least this many groups where the folder has
+# them and it takes no more than `MAX_VAL_SHARE` of the images, and validates on at most
+# `VAL_IMAGES_PER_GROUP` images of each (docs/experiments.md, "More held-out groups").
+MIN_VAL_GROUPS = 8
+MAX_VAL_SHARE = 0.25
+VAL_IMAGES_PER_GROUP = 30
 _FRAME_NUMBER = re.compile(r"^(.*?)[\s_.-]*(\d+)$")
 
 
@@ -51,6 +57,7 @@ class Split:
             statistics over groups; None when not found.
         notes: lines on how the folder was read (`pairing_note`, `lossy_mask_note`), shown
             before the split.
+        set_aside: held-out images not validated on (`thin_groups`), in neither list.
     """
 
     train: list
@@ -61,14 +68,16 @@ class Split:
     near_duplicates: int | None = None
     val_labels: list | None = None
     notes: list = dataclasses.field(default_factory=list)
+    set_aside: int = 0
 
     def describe(self):
         """One line on how validation was drawn; a second, a warning, if near-duplicates of
         validation images remain in training."""
         groups = (f" ({self.val_groups} of {self.train_groups + self.val_groups} groups)"
                   if self.val_groups is not None else "")
-        lines = [*self.notes, f"validation: {len(self.val)} of {len(self.train) + len(self.val)} images"
-                 f"{groups}, {self.method}"]
+        total = len(self.train) + len(self.val) + self.set_aside
+        lines = [*self.notes, f"validation: {len(self.val)} of {total} images{groups}, "
+                 f"{self.method}"]
         if self.near_duplicates:
             lines.append(
                 f"warning: {self.near_duplicates} of {len(self.val)} validation images have a "
@@ -81,7 +90,8 @@ class Split:
     def summary(self):
         """What `metrics.json` records of the split."""
         return {"method": self.method, "train_images": len(self.train),
-                "val_images": len(self.val), "train_groups": self.train_groups,
+                "val_images": len(self.val), "set_aside": self.set_aside,
+                "train_groups": self.train_groups,
                 "val_groups": self.val_groups, "val_near_duplicates": self.near_duplicates}
 
 
@@ -212,24 +222,49 @@ def read_groups_file(path, pairs):
     return [numbers.setdefault(groups[stem], len(numbers)) for stem in stems]
 
 
-def split_by_groups(pairs, groups, *, val_fraction=0.1, seed=0):
+def split_by_groups(pairs, groups, *, val_fraction=0.1, seed=0, min_groups=MIN_VAL_GROUPS,
+                    max_share=MAX_VAL_SHARE):
     """`(train_pairs, val_pairs)` with whole groups held out: groups in a seeded random order
-    go to validation until it holds `val_fraction` of the pairs, passing over any group that
-    would take it past twice that. None when no such split exists (one group holds nearly
-    everything)."""
+    go to validation until it holds `val_fraction` of the pairs and, when the pairs come in
+    groups of more than one, at least `min_groups` groups, passing over any group that would
+    take it past `max_share` of the pairs or twice `val_fraction`, whichever is more. None
+    when no such split exists (one group holds nearly everything).
+
+    A few held-out groups say little of the next one (three videos' scores may differ by
+    0.3): `min_groups` buys an estimate over more of them where the folder has them."""
     count = len(pairs)
     target = max(1, round(count * val_fraction))
     members = {}
     for index, group in enumerate(groups):
         members.setdefault(group, []).append(index)
-    held_out = set()
+    if all(len(indices) == 1 for indices in members.values()):
+        min_groups = 1  # independent images: the share alone
+    limit = max(2 * target, round(max_share * count), 1)
+    held_out, held_groups = set(), 0
     for group in np.random.default_rng(seed).permutation(sorted(members)):
-        if len(held_out) >= target:
+        if len(held_out) >= target and held_groups >= min_groups:
             break
-        if len(held_out) + len(members[group]) <= max(2 * target, 1):
+        if len(held_out) + len(members[group]) <= limit:
             held_out.update(members[group])
+            held_groups += 1
     if not held_out or len(held_out) == count:
         return None
     train = [pair for index, pair in enumerate(pairs) if index not in held_out]
     val = [pair for index, pair in enumerate(pairs) if index in held_out]
     return train, val
+
+
+def thin_groups(labels, per_group=VAL_IMAGES_PER_GROUP):
+    """Indices that keep at most `per_group` members of each group (a label per item), evenly
+    spaced in their order: a video's neighbouring frames are near copies, so validating on
+    every one costs time and adds little."""
+    members = {}
+    for index, label in enumerate(labels):
+        members.setdefault(label, []).append(index)
+    kept = []
+    for indices in members.values():
+        if len(indices) > per_group:
+            spots = np.linspace(0, len(indices) - 1, per_group).round().astype(int)
+            indices = [indices[spot] for spot in spots]
+        kept += indices
+    return sorted(kept)

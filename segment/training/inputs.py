@@ -38,7 +38,8 @@ def folder_pairs(config):
     close = data.near_duplicates(val_thumbnails,
                                  against=[thumbnails[image] for image, _ in split.train])
     split.near_duplicates = len({index for index, _ in close})
-    split.val_labels = data.find_groups(split.val, thumbnails=val_thumbnails)
+    if split.val_labels is None:
+        split.val_labels = data.find_groups(split.val, thumbnails=val_thumbnails)
     notes = (data.pairing_note(pairs), data.lossy_mask_note(pairs + val_pairs))
     split.notes = [note for note in notes if note]
     return split
@@ -61,10 +62,16 @@ def _draw_validation(config, pairs, thumbnails):
         return data.Split(pairs[:-count], pairs[-count:], method=(
             "the last images by name: one group holds nearly every image"))
     train, val = split
-    val_images = {image for image, _ in val}
-    held_out = {group for (image, _), group in zip(pairs, groups) if image in val_images}
-    return data.Split(train, val, method=how, train_groups=len(set(groups)) - len(held_out),
-                      val_groups=len(held_out))
+    label = dict(zip((image for image, _ in pairs), groups))
+    val_groups = [label[image] for image, _ in val]
+    kept = data.thin_groups(val_groups, per_group=data.VAL_IMAGES_PER_GROUP)
+    if len(kept) < len(val):
+        how += (f"; at most {data.VAL_IMAGES_PER_GROUP} evenly spaced images of each held-out "
+                f"group validate, {len(val) - len(kept)} others are set aside")
+    val = [val[index] for index in kept]
+    return data.Split(train, val, method=how, train_groups=len(set(groups)) - len(set(val_groups)),
+                      val_groups=len(set(val_groups)), val_labels=[val_groups[i] for i in kept],
+                      set_aside=len(val_groups) - len(kept))
 
 
 class FolderSamples:
