@@ -54,14 +54,15 @@ how long:
   seen. The run prints how validation was drawn, warns if near-duplicates remain, and
   metrics.json records it (validation_split).
 
-The run folder gets config.json, model.keras (best validation IoU), history.csv,
-metrics.json (validation images segmented as predict.py segments them, at their own size)
-and TensorBoard logs/ (tensorboard --logdir runs). Last, training chooses on the validation
-images how masks are finished: whether to refine them with GrabCut, the smallest foreground
-part to keep (none, or 0.25% to 2% of the image) and the smallest hole to leave unfilled
-(none filled, 0.25% or 1% of the image); the settings that score best as IoU less 0.005 per
-stray part and per wrong hole count per image. The model remembers them (--refine,
---min-part and --min-hole in predict.py override them)."""
+The run folder gets config.json, model.keras (the latest epoch within one standard error of
+the best on validation), history.csv, metrics.json (validation images segmented as
+predict.py segments them, at their own size) and TensorBoard logs/ (tensorboard --logdir
+runs). Last, training chooses on the validation images how masks are finished: whether to
+refine them with GrabCut, the smallest foreground part to keep (none, or 0.25% to 2% of the
+image) and the smallest hole to leave unfilled (none filled, 0.25% or 1% of the image); the
+settings that score best as IoU less 0.005 per stray part and per wrong hole count per image,
+with GrabCut only where it is clearly better. The model remembers them (--refine, --min-part
+and --min-hole in predict.py override them)."""
 
 
 def _standard_error(results):

@@ -9,6 +9,7 @@
 - `run_folder`: creating, resuming and replacing run folders.
 - `mask_settings`: how a trained model's masks are finished, chosen on validation.
 - `devices`: strategies, the chief worker, lost workers, mixed precision.
+- `selection`: choices on a few validation groups, held to one standard error.
 """
 
 from segment.training.budget import (

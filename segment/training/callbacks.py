@@ -1,10 +1,16 @@
 """What runs after each epoch: validation as prediction runs, the rate, the run folder's writers."""
 
+import json
 import time
 
 import keras
+import numpy as np
 
-from segment.evaluation import mean_iou, model_method
+from segment.evaluation import model_method
+from segment.imageio import write_text
+from segment.metrics import iou
+from segment.training.run_folder import BACKUP, save_atomically
+from segment.training.selection import clearly_worse
 
 
 def epoch_method(model):
@@ -13,10 +19,14 @@ def epoch_method(model):
     return model_method(model, scales=(1.0,), refine=False)
 
 
+# The best epoch's validation IoUs, kept beside the backup for a resumed run.
+BEST_EPOCH = "best_epoch.json"
+
+
 class Validation(keras.callbacks.Callback):
     """Adds `val_iou` to each epoch's logs: the per-image mean IoU of the model on the
     validation samples, segmented as `predict.py` segments them at the working size alone
-    (`epoch_method`)."""
+    (`epoch_method`); the per-image IoUs are kept in `scores`."""
 
     def __init__(self, samples, local_model=None):
         super().__init__()
@@ -25,6 +35,7 @@ class Validation(keras.callbacks.Callback):
         # runs on a copy of the model that lives outside the strategy.
         self.local_model = local_model
         self.first_seconds = None  # the first pass, which traced the prediction graph
+        self.scores = None
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
@@ -33,7 +44,9 @@ class Validation(keras.callbacks.Callback):
             if self.local_model is not None:
                 self.local_model.set_weights(model.get_weights())
                 model = self.local_model
-            logs["val_iou"] = mean_iou(epoch_method(model), self.samples)
+            method = epoch_method(model)
+            self.scores = [iou(method(image), truth) for _, image, truth in self.samples]
+            logs["val_iou"] = float(np.mean(self.scores))
             if self.first_seconds is None:
                 self.first_seconds = time.perf_counter() - started
 
@@ -48,22 +61,47 @@ class LearningRate(keras.callbacks.Callback):
             logs["lr"] = float(optimizer.learning_rate * optimizer.halving_factor(step))
 
 
-def run_folder_callbacks(folder, validation, backup, *, best, local_model):
+class KeepEpoch(keras.callbacks.Callback):
+    """Saves the model after an epoch unless its validation IoUs are clearly worse than the best
+    epoch's so far (`clearly_worse`, over the validation groups): the latest epoch within one
+    standard error of the best is kept, not whichever one a few groups' noise put on top.
+
+    The best epoch's IoUs are kept in `record` (a JSON file), so a resumed run goes on
+    comparing with them; without it, the run compares with `best`, a mean IoU, alone."""
+
+    def __init__(self, path, validation, *, groups, record, best=None):
+        super().__init__()
+        self.path, self.validation, self.groups, self.record = path, validation, groups, record
+        self.best, self.best_mean = None, best
+        if record.exists():
+            kept = json.loads(record.read_text())
+            self.best, self.best_mean = kept["scores"], float(np.mean(kept["scores"]))
+
+    def on_epoch_end(self, epoch, logs=None):
+        scores = self.validation.scores
+        if self.best is not None:
+            keep = not clearly_worse(scores, self.best, self.groups)
+        else:
+            keep = self.best_mean is None or np.mean(scores) > self.best_mean
+        if keep:
+            save_atomically(self.model, self.path)
+        if self.best_mean is None or np.mean(scores) > self.best_mean:
+            self.best, self.best_mean = list(map(float, scores)), float(np.mean(scores))
+            self.record.parent.mkdir(parents=True, exist_ok=True)
+            write_text(self.record, json.dumps({"epoch": epoch, "scores": self.best}))
+
+
+def run_folder_callbacks(folder, validation, backup, *, best, groups, local_model):
     """What the chief runs after each epoch: validation, then everything it writes."""
-    checkpoint = keras.callbacks.ModelCheckpoint(
-        str(folder / "model.keras"),
-        monitor="val_iou",
-        mode="max",
-        save_best_only=True,
-        initial_value_threshold=best,
-    )
+    validating = Validation(validation, local_model)
+    keep = KeepEpoch(folder / "model.keras", validating, groups=groups,
+                     record=folder / BACKUP / BEST_EPOCH, best=best)
     return [
-        Validation(validation, local_model),  # first: the callbacks below read its val_iou
+        validating,  # first: the callbacks below read its val_iou
         LearningRate(),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(str(folder / "history.csv"), append=True),
-        checkpoint,
+        keep,
         keras.callbacks.TensorBoard(str(folder / "logs"), write_graph=False, profile_batch=0),
         backup,  # last: an epoch counts as done only once everything above has seen it
     ]
-

@@ -50,10 +50,10 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
     """Train a segmenter and leave everything in a run folder.
 
     The run folder holds `config.json` (every setting, including those training chose),
-    `model.keras` (the epoch with the best validation IoU), `history.csv`, `metrics.json`
-    (per-image mean validation metrics of `model.keras`, segmented as `predict.py` segments:
-    at the images' own size), TensorBoard `logs/`, and while training `backup/`, from which a
-    killed run continues with `resume`.
+    `model.keras` (the latest epoch within one standard error of the best validation IoU,
+    `KeepEpoch`), `history.csv`, `metrics.json` (per-image mean validation metrics of
+    `model.keras`, segmented as `predict.py` segments: at the images' own size), TensorBoard
+    `logs/`, and while training `backup/`, from which a killed run continues with `resume`.
 
     With `config.minutes`, training first measures this machine's speed on a throwaway model,
     then fixes the number of epochs that fit the budget and, unless given, their length
@@ -107,7 +107,8 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
             if budget is not None:
                 budget.plan(config, pairs, strategy, size_from_images=size_from_images)
                 config.to_json(folder / "config.json")
-            run = _Run(config, pairs, strategy, folder or Path(config.out))
+            run = _Run(config, pairs, strategy, folder or Path(config.out),
+                       groups=None if split is None else split.val_labels)
         seconds = run.fit(budget, folder, callbacks, verbose)
     if not chief:
         return None, None
@@ -117,8 +118,9 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
 class _Run:
     """A run's model, restored from its backup if it has one, and its data."""
 
-    def __init__(self, config, pairs, strategy, folder):
+    def __init__(self, config, pairs, strategy, folder, *, groups=None):
         self.config, self.pairs, self.strategy = config, pairs, strategy
+        self.groups = groups  # a group label per validation sample, or None
         keras.utils.set_random_seed(config.seed)
         with strategy.scope():
             self.model = build_network(config)
@@ -145,6 +147,7 @@ class _Run:
             own = run_folder_callbacks(
                 folder, self.validation, self.backup,
                 best=history_best(folder / "history.csv", self.initial_epoch),
+                groups=self.groups,
                 local_model=build_network(config) if across_workers else None,
             )
         else:
@@ -182,8 +185,7 @@ def _close(folder, run, budget, split, *, seconds, started):
     stopped_early = bool(run.model.stop_training) and stopped_at_deadline is None
     if not (folder / "model.keras").exists():
         raise RuntimeError("training stopped early (NaN loss?) before any epoch produced a model")
-    results = choose_mask_settings(folder / "model.keras", run.validation,
-                                   groups=None if split is None else split.val_labels)
+    results = choose_mask_settings(folder / "model.keras", run.validation, groups=run.groups)
     epochs_run = stopped_at_deadline or config.epochs
     trained_images = (epochs_run - run.initial_epoch) * config.steps_per_epoch * config.batch_size
     results.update(

@@ -15,6 +15,7 @@ from segment.inference import (
 from segment.metrics import b1_error, evaluate_masks, iou, spurious
 from segment.model import InferenceSettings
 from segment.training.run_folder import save_atomically
+from segment.training.selection import clearly_worse
 
 __all__ = ["MIN_HOLES", "MIN_PARTS", "STRAY_PART_PRICE", "choose_mask_settings"]
 
@@ -41,7 +42,9 @@ def choose_mask_settings(model_path, samples, *, groups=None):
     0 and `MIN_PARTS`, and `min_hole`, of 0 and `MIN_HOLES`: those whose masks score best as
     mean IoU less `STRAY_PART_PRICE` times the mean stray parts (`segment.metrics.spurious`)
     and wrong hole counts (`b1_error`) per image; the first of equals, so no refinement and
-    nothing dropped or filled unless the validation images gain from it. The network's
+    nothing dropped or filled unless the validation images gain from it. Refinement, whose
+    gain varies most from one group of images to the next, is kept only where the best
+    settings without it are clearly worse (`clearly_worse`, over `groups`). The network's
     prediction is made once per image, and every setting's mask is made from it; the chosen
     one's masks are then scored on every metric.
 
@@ -79,9 +82,12 @@ def choose_mask_settings(model_path, samples, *, groups=None):
                     scores[(refine, part, hole)].append(scored[key])
         kept.append((name, truth.shape, np.packbits(truth), made))
     means = {option: np.mean(scores[option], axis=0) for option in options}
-    worth = {option: iou_mean - STRAY_PART_PRICE * (spurious_mean + holes_mean)
-             for option, (iou_mean, spurious_mean, holes_mean) in means.items()}
-    refine, part, hole = chosen = max(options, key=worth.get)  # the first of equals
+    worth = {option: [iou_value - STRAY_PART_PRICE * (stray + holes_wrong)
+                      for iou_value, stray, holes_wrong in scores[option]] for option in options}
+    best = max(options, key=lambda option: np.mean(worth[option]))  # the first of equals
+    plain = max((option for option in options if not option[0]),
+                key=lambda option: np.mean(worth[option]))
+    refine, part, hole = chosen = best if clearly_worse(worth[plain], worth[best], groups) else plain
     saved = InferenceSettings.of(model)
     if chosen != (saved.refine, saved.min_part, saved.min_hole):
         model.inference.update({"refine": refine, "min_part": part, "min_hole": hole})
