@@ -149,9 +149,9 @@ def folder_dataset(
         batch_size: samples per batch.
         augment: random scale (0.75-1.25x), rotation (up to 30 degrees), shift, mirroring,
             and saturation, contrast, brightness and gamma changes, with the mask warped
-            alongside, and in half the samples another image's object pasted in
-            (`paste_foreground`); else the image at the working size, top left,
-            reflect-padded.
+            alongside, and in four samples of five (`PASTE_PROBABILITY`) another image's
+            object pasted in (`paste_foreground`); else the image at the working size, top
+            left, reflect-padded.
             Defaults to True.
         seed: seed for shuffling and augmentation. Defaults to 0.
         repeat: endless shuffled epochs, or a single ordered pass. Defaults to True.
