@@ -12,6 +12,7 @@ from segment.training import (
     DATA_MINUTES,
     FEW_STEPS,
     HALVINGS,
+    INIT_MINUTES,
     MAX_WORKING_SIZE,
     SMALLEST_WORKING_SIZE,
     STEPS_PER_EPOCH,
@@ -27,6 +28,7 @@ EXAMPLES = f"""examples:
   python scripts/train.py --data photos/ --out runs/mine # your images, {DATA_MINUTES:g} minutes
   python scripts/train.py --data photos/ --minutes 30    # a longer budget
   python scripts/train.py --loss mse --epochs 4 --mixed-precision
+  python scripts/train.py --data more_photos/ --init runs/mine/model.keras  # fine-tune
   python scripts/train.py --resume runs/mine             # continue a killed run
 
 how long:
@@ -90,6 +92,9 @@ def build_parser(prog=None):
     add("--data", default=None, help="image/mask folder (DIR/images, DIR/masks, or train/ val/ "
         "splits); default: synthetic shapes generated on the fly")
     add("--out", default=None, help="run folder (default: runs/<timestamp>)")
+    add("--init", metavar="MODEL", default=None,
+        help="fine-tune: start from this model.keras (its run folder's network and working "
+        f"size) for {INIT_MINUTES:g} minutes unless --epochs or --minutes says otherwise")
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=int, default=None,
                         help="training epochs, exactly repeatable (default: what fits in "

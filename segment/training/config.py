@@ -16,7 +16,8 @@ from segment.model import BASE_FILTERS, DEPTH, FULL_RESOLUTION, FULL_RESOLUTION_
 from segment.training.devices import native_half_precision
 
 __all__ = [
-    "choose_working_size", "DATA_LR", "DATA_MINUTES", "HALVINGS", "MAX_WORKING_SIZE",
+    "choose_working_size", "DATA_LR", "DATA_MINUTES", "HALVINGS", "INIT_MINUTES",
+    "init_settings", "MAX_WORKING_SIZE",
     "STEPS_PER_EPOCH", "SYNTHETIC_LR", "SYNTHETIC_MINUTES", "SYNTHETIC_SIZE", "TrainConfig",
     "check_config", "resolve_config",
 ]
@@ -74,6 +75,9 @@ class TrainConfig:
     threshold: float | None = None  # accept multi-valued --data masks, foreground > threshold
     void: int | None = None  # the mask value of void pixels, left out of the loss and scores
     keep_orientation: bool = False  # read --data as stored, not turned upright by EXIF
+    # A trained model.keras to start from (fine-tuning): its run folder's network and working
+    # size, its weights, and INIT_MINUTES unless a length is given (`init_settings`).
+    init: str | None = None
 
     def to_json(self, path):
         write_text(path, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
@@ -106,6 +110,7 @@ class TrainConfig:
 # leave the whole default command inside 10 on any of them.
 SYNTHETIC_MINUTES = 9.0
 DATA_MINUTES = 10.0
+INIT_MINUTES = 5.0  # fine-tuning a trained model (--init)
 HALVINGS = 4  # rate halvings spread evenly over the run when --halve-every is not given
 STEPS_PER_EPOCH = 100  # batches per epoch when neither --steps-per-epoch nor a budget sets it
 
@@ -121,6 +126,8 @@ MAX_WORKING_SIZE = 128
 
 
 def check_config(config):
+    if config.init is not None and config.data is None:
+        raise ValueError("--init fine-tunes a model on your images: give --data too")
     multiple = 2**config.depth
     if config.size is not None and (config.size < multiple or config.size % multiple):
         raise ValueError(
@@ -170,9 +177,35 @@ def choose_working_size(pairs, *, multiple, largest=MAX_WORKING_SIZE):
     return max(multiple, round(side / multiple) * multiple)
 
 
+# What a fine-tuned run (--init) takes from the run it starts from: the network, and the
+# working size and foreground prior it learnt with (a --size given still wins).
+INIT_SETTINGS = ("base_filters", "depth", "full_resolution", "context", "foreground_prior")
+
+
+def init_settings(config):
+    """`config` with the network settings of the run folder holding `config.init` (its
+    `config.json`), checked before any output is written."""
+    model = Path(config.init)
+    if not model.is_file():
+        raise DataError(f"--init {model}: no such model file")
+    recorded = model.parent / "config.json"
+    if not recorded.is_file():
+        raise DataError(f"--init {model}: no config.json beside it: give a model.keras in the "
+                        "run folder train.py wrote")
+    start = TrainConfig.from_json(recorded)
+    changes = {name: getattr(start, name) for name in INIT_SETTINGS}
+    if config.size is None and start.data is not None:  # a synthetic model's is a crop size
+        changes["size"] = start.size
+    if config.epochs is None and config.minutes is None:
+        changes["minutes"] = INIT_MINUTES
+    return dataclasses.replace(config, **changes)
+
+
 def resolve_config(config, pairs):
     """A copy of `config` with the settings left open filled in (all but a budget's epochs)."""
     config = dataclasses.replace(config)
+    if config.init is not None:
+        config = init_settings(config)
     if config.size is None:
         multiple = 2**config.depth
         config.size = (

@@ -125,6 +125,8 @@ class _Run:
         with strategy.scope():
             self.model = build_network(config)
             compile_network(self.model, config, halve_every=halve_every_steps(config))
+            if config.init is not None:
+                start_from(self.model, config.init)
         # The chief's run folder holds the backup; every other worker reads it there.
         self.backup = keras.callbacks.BackupAndRestore(str(folder / BACKUP))
         # Restore now rather than inside fit: the data stream must resume where it stopped.
@@ -175,6 +177,20 @@ class _Run:
                 raise
             raise lost_worker(error) from None
         return time.perf_counter() - started
+
+
+def start_from(model, path):
+    """Gives `model` the weights of the model saved at `path` (loaded with `safe_mode`); the
+    optimizer starts afresh. A later backup, when resuming, replaces them."""
+    try:
+        saved = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as error:  # Keras raises many kinds for a file it cannot read
+        raise DataError(f"--init {path}: cannot load the model ({error})") from None
+    shapes = [weight.shape for weight in saved.get_weights()]
+    if shapes != [weight.shape for weight in model.get_weights()]:
+        raise DataError(f"--init {path}: its network differs from the one its config.json "
+                        "describes")
+    model.set_weights(saved.get_weights())
 
 
 def _close(folder, run, budget, split, *, seconds, started):
