@@ -9,6 +9,7 @@ SEGMENT_REQUIRE_BROWSER=1, so there the test cannot be skipped.
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import socket
@@ -42,15 +43,13 @@ from segment.inference import clean_mask  # noqa: E402
 from segment.model import build_model  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def server():
-    keras.utils.set_random_seed(0)
-    model = build_model(base_filters=4, depth=2, full_resolution="residual",
-                        inference={"threshold": 0.5})
+@contextlib.contextmanager
+def _serving(app):
+    """`app` served by uvicorn in a thread on a free port of 127.0.0.1; its URL."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = uvicorn.Config(create_app(model), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     instance = uvicorn.Server(config)
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
@@ -58,9 +57,20 @@ def server():
     while not instance.started:
         assert time.monotonic() < deadline, "the server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", model
-    instance.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        instance.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server():
+    keras.utils.set_random_seed(0)
+    model = build_model(base_filters=4, depth=2, full_resolution="residual",
+                        inference={"threshold": 0.5})
+    with _serving(create_app(model)) as url:
+        yield url, model
 
 
 @contextlib.contextmanager
@@ -227,3 +237,125 @@ def test_a_sideways_phone_photo_is_shown_and_segmented_upright(server, tmp_path)
     # Outside the mask the overlay is the photo itself, upright.
     assert 0 < np.count_nonzero(~mask)
     np.testing.assert_array_equal(overlay[~mask], upright[~mask])
+
+
+def _mask_on_page(page):
+    width, height, data = page.evaluate(
+        """() => {
+            const canvas = document.getElementById('mask');
+            const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+            return [canvas.width, canvas.height, Array.from(data)];
+        }"""
+    )
+    return np.array(data, dtype=np.uint8).reshape(height, width, 4)[..., 0] > 127
+
+
+def _click(page, x, y, button="left"):
+    """A click on the overlay at image pixel (x, y), the canvas drawn at its displayed size."""
+    box = page.locator("#overlay").bounding_box()
+    scale = box["width"] / 64
+    page.mouse.click(box["x"] + (x + 0.5) * scale, box["y"] + (y + 0.5) * scale, button=button)
+
+
+def test_clicks_on_the_page_correct_the_mask_and_undo_and_reset_restore_it(server, tmp_path):
+    server, model = server
+    model.inference["min_part"] = 0.0
+    path = tmp_path / "block.png"
+    path.write_bytes(encode_png(_image()))
+    with _page(server) as page:
+        page.set_input_files("#file", str(path))
+        page.wait_for_selector("body[data-state=ready]", timeout=30_000)
+        before = _mask_on_page(page)
+        assert page.is_disabled("#undo")
+        # A click where the model sees background, and a right-click where it sees foreground:
+        # each wins at its pixel (the server's correct_mask), and the status counts them.
+        (by, bx), (fy, fx) = np.argwhere(~before)[0], np.argwhere(before)[0]
+        _click(page, bx, by)
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('1 click;')",
+                               timeout=30_000)
+        after_one = _mask_on_page(page)
+        assert after_one[by, bx]
+        assert page.is_disabled("#threshold") and not page.is_disabled("#undo")
+        _click(page, fx, fy, button="right")
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('2 clicks;')",
+                               timeout=30_000)
+        after_two = _mask_on_page(page)
+        assert after_two[by, bx] and not after_two[fy, fx]
+        # The API answers the same clicks with the same mask.
+        clicks = [{"x": int(bx), "y": int(by), "foreground": True},
+                  {"x": int(fx), "y": int(fy), "foreground": False}]
+        answer = httpx.post(f"{server}/api/segment", data={"clicks": json.dumps(clicks)},
+                            files={"file": ("block.png", path.read_bytes(), "image/png")})
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(answer.content))) > 127,
+                                      after_two)
+        page.keyboard.press("z")  # undo the right-click
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('1 click;')",
+                               timeout=30_000)
+        np.testing.assert_array_equal(_mask_on_page(page), after_one)
+        page.keyboard.press("Escape")  # reset: the model's own mask again
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('block.png')",
+                               timeout=30_000)
+        np.testing.assert_array_equal(_mask_on_page(page), before)
+        assert page.is_disabled("#undo") and not page.is_disabled("#threshold")
+        # Touch screens: the toggle makes a plain click mark background.
+        page.check("#background-mode")
+        _click(page, fx, fy)
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('1 click;')",
+                               timeout=30_000)
+        assert not _mask_on_page(page)[fy, fx]
+
+
+@pytest.fixture()
+def labelling(tmp_path):
+    """A server labelling a folder of two photographs, the second with a mask already."""
+    root = tmp_path / "photos"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for name in ("a.png", "b.png"):
+        (root / "images" / name).write_bytes(encode_png(_image()))
+    saved = np.zeros((48, 64), np.uint8)
+    (root / "masks" / "b.png").write_bytes(encode_png(saved))
+    keras.utils.set_random_seed(0)
+    model = build_model(base_filters=4, depth=2, full_resolution="residual")
+    with _serving(create_app(model, label=root)) as url:
+        yield url, root
+
+
+def test_a_folder_is_labelled_on_the_page_and_accept_writes_the_masks(labelling):
+    server, root = labelling
+    with _page(server) as page:
+        # The first photograph without a mask is shown first.
+        page.wait_for_function("document.getElementById('label-name').textContent === 'a.png'")
+        page.wait_for_selector("body[data-state=ready]", timeout=30_000)
+        assert page.text_content("#label-count") == "photograph 1 of 2, 1 of 2 labelled"
+        before = _mask_on_page(page)
+        (by, bx) = np.argwhere(~before)[0]
+        _click(page, bx, by)
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('1 click;')",
+                               timeout=30_000)
+        shown = _mask_on_page(page)
+        page.click("#label-accept")
+        page.wait_for_function("document.getElementById('status').textContent === 'saved masks/a.png'",
+                               timeout=30_000)
+        written = np.asarray(Image.open(root / "masks" / "a.png"))
+        np.testing.assert_array_equal(written > 127, shown)
+        assert written[by, bx] == 255  # the click is in the saved mask
+        # Every photograph has a mask now; b.png's was there before: accepting asks first, and
+        # declined, the file is untouched.
+        assert page.text_content("#label-count") == (
+            "photograph 1 of 2, 2 of 2 labelled: every photograph has a mask")
+        page.click("#label-next")
+        page.wait_for_function("document.getElementById('label-name').textContent === 'b.png'")
+        page.wait_for_selector("body[data-state=ready]", timeout=30_000)
+        untouched = (root / "masks" / "b.png").read_bytes()
+        page.once("dialog", lambda dialog: dialog.dismiss())
+        page.click("#label-accept")
+        page.wait_for_timeout(500)
+        assert (root / "masks" / "b.png").read_bytes() == untouched
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.keyboard.press("Enter")
+        page.wait_for_function("document.getElementById('status').textContent === 'saved masks/b.png'",
+                               timeout=30_000)
+        np.testing.assert_array_equal(np.asarray(Image.open(root / "masks" / "b.png")) > 127,
+                                      _mask_on_page(page))
+    assert sorted(path.name for path in (root / "masks").iterdir()) == ["a.png", "b.png"]

@@ -10,12 +10,14 @@ from segment.cli.common import (
     fail,
     positive,
 )
+from segment.imageio import DataError
 from segment.inference import load_segmenter, model_to_use
 
 EPILOG = """\
 examples:
   python scripts/serve.py                                  # newest runs/*/model.keras
   python scripts/serve.py --model runs/mine/model.onnx --port 8080
+  python scripts/serve.py --model runs/mine/model.keras --label new_photos/
   curl -F file=@photo.jpg "http://127.0.0.1:8000/api/segment?output=cutout" -o cutout.png
 
 endpoints:
@@ -24,10 +26,12 @@ endpoints:
                     tta, min_area, min_part, min_hole, fill_holes, refine;
                     answers a PNG
   GET /api/health   model, backend, input size multiple, default settings
+  /api/label...     with --label: the folder's photographs, their masks, saving a mask
   /docs             the API's OpenAPI documentation
 
 It listens on 127.0.0.1 only, unless --host says otherwise (0.0.0.0: every interface; the
-server has no authentication). Uploads stay in memory; nothing is written to disk.
+server has no authentication). Uploads stay in memory; nothing is written to disk, but with
+--label the masks accepted on the page, inside DIR/masks/ only, under the photographs' names.
 Needs the serve extra: pip install -e ".[serve]"
 """
 
@@ -46,6 +50,10 @@ def build_parser(prog=None):
                         help="largest upload accepted, in MiB (larger: 413)")
     parser.add_argument("--max-megapixels", type=float, default=40.0,
                         help="largest image accepted, width x height in millions (larger: 413)")
+    parser.add_argument("--label", metavar="DIR", default=None,
+                        help="label a folder of photographs on the page: DIR/images (or DIR) "
+                        "shown one by one with the model's mask, clicks to correct it, and "
+                        "accept writes DIR/masks/<stem>.png (never over a mask without asking)")
     add_orientation_flag(parser, "uploads")
     return parser
 
@@ -73,13 +81,21 @@ def main(argv=None, prog=None):
         model = load_segmenter(model_path)
     except ValueError as error:
         return fail(error)
-    app = create_app(
-        model,
-        max_upload_bytes=int(args.max_upload_mb * 2**20),
-        max_pixels=int(args.max_megapixels * 1e6),
-        workers=args.workers,
-        keep_orientation=args.keep_orientation,
-    )
+    try:
+        app = create_app(
+            model,
+            max_upload_bytes=int(args.max_upload_mb * 2**20),
+            max_pixels=int(args.max_megapixels * 1e6),
+            workers=args.workers,
+            keep_orientation=args.keep_orientation,
+            label=args.label,
+        )
+    except DataError as error:  # the folder to label
+        return fail(error)
+    if args.label is not None:
+        listing = app.state.label_folder.listing()
+        print(f"labelling {listing['count']} photographs in {args.label} "
+              f"({listing['labelled']} with masks already)", flush=True)
     print(f"serving {model_path} on http://{args.host}:{args.port}/ (Ctrl+C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -9,6 +9,9 @@
   `[{"x": 120, "y": 48, "foreground": true}, ...]` in the answer's pixels, corrects
   the mask (`segment.inference.correct_mask`); bad clicks get 400.
 - `GET /api/health`: the model's name, input size multiple, backend and inference settings.
+- With `label=DIR`: `GET /api/label` (the folder's photographs and which have masks),
+  `GET /api/label/{i}/image`, `GET /api/label/{i}/mask` and `PUT /api/label/{i}/mask`
+  (writes `DIR/masks/<stem>.png`; 409 over an existing mask unless `overwrite=true`).
 - `GET /`: one self-contained page (no external resources): drop an image, see the overlay
   and the cut-out side by side, move a threshold slider, download the mask or the cut-out.
 - `GET /docs`: the OpenAPI documentation.
@@ -36,6 +39,7 @@ from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartParser
 
+from segment.deploy.labelling import LabelFolder, MaskExists
 from segment.imageio import DataError, decode_image, encode_png
 from segment.inference import (
     OUTPUT_KINDS,
@@ -137,6 +141,7 @@ def create_app(
     max_pixels=DEFAULT_MAX_PIXELS,
     workers=2,
     keep_orientation=False,
+    label=None,
 ):
     """The ASGI app serving `model` (a `load_segmenter` result).
 
@@ -147,11 +152,15 @@ def create_app(
         workers: images segmented at once. Defaults to 2.
         keep_orientation: segment uploads as their pixels are stored, not turned upright by
             their EXIF orientation. Defaults to False.
+        label: a folder of photographs to label on the page (`LabelFolder`): the API gains
+            `/api/label` endpoints that read its photographs and write `label/masks/`.
+            Defaults to None.
     """
     # Keep uploads in memory up to the limit (Starlette spools larger parts to a temporary
     # file): nothing a user sends is written to disk.
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, max_upload_bytes)
     page = PAGE.read_text(encoding="utf-8")
+    folder = None if label is None else LabelFolder(label, upright=not keep_orientation)
     multiple = size_multiple(model)
     # Warm up: the first prediction traces the network; do it before serving, once.
     predict_probability(model, np.zeros((multiple, multiple, 3), np.float32), tta=False)
@@ -180,6 +189,7 @@ def create_app(
             "max_upload_bytes": max_upload_bytes,
             "max_pixels": max_pixels,
             "keep_orientation": keep_orientation,
+            "label": folder is not None,
         }
 
     segment_image = _segment_endpoint(_Segmenter(model, upright=not keep_orientation), max_pixels, anyio.CapacityLimiter(workers))
@@ -193,7 +203,76 @@ def create_app(
             415: {"description": "not a readable image"},
         },
     )(segment_image)
+    app.state.label_folder = folder
+    if folder is not None:
+        _add_label_endpoints(app, folder)
     return app
+
+
+def _add_label_endpoints(app, folder):
+    """`/api/label`: the folder's photographs by their place in the server's own listing,
+    their saved masks, and writing a mask (`LabelFolder`)."""
+
+    def photograph(index):
+        if not 0 <= index < len(folder):
+            raise _NoSuchPhotograph(f"no photograph {index}: the folder has {len(folder)} (0 to "
+                                    f"{len(folder) - 1})")
+        return index
+
+    @app.exception_handler(_NoSuchPhotograph)
+    async def missing(request, error):
+        return _error(404, str(error))
+
+    @app.get("/api/label")
+    async def listing():
+        """The folder being labelled: its photographs, in order, and which have masks."""
+        return folder.listing()
+
+    @app.get("/api/label/{index}/image", response_class=Response)
+    async def image(index: int):
+        """Photograph `index` of the listing, as it is stored."""
+        data = folder.image_bytes(photograph(index))
+        return Response(data, media_type=_media_type(folder.images[index].suffix))
+
+    @app.get("/api/label/{index}/mask", response_class=Response)
+    async def saved_mask(index: int):
+        """Photograph `index`'s saved mask (PNG, 0/255); 404 while it has none."""
+        data = folder.mask_bytes(photograph(index))
+        if data is None:
+            return _error(404, f"{folder.images[index].name} has no mask yet")
+        return Response(data, media_type="image/png")
+
+    @app.put("/api/label/{index}/mask")
+    async def save_mask(
+        index: int,
+        mask: UploadFile | None = File(None, description="the mask: an image of the "
+                                       "photograph's size, foreground where it is light"),
+        overwrite: bool = Query(False, description="replace a mask saved before"),
+    ):
+        """Save photograph `index`'s mask as `masks/<stem>.png` (409 if one is there and
+        `overwrite` is false)."""
+        photograph(index)
+        if mask is None:
+            return _error(400, "no mask: send it as multipart form field 'mask'")
+        data = await mask.read()
+        try:
+            path = await anyio.to_thread.run_sync(
+                lambda: folder.save_mask(index, data, overwrite=overwrite))
+        except MaskExists as error:
+            return _error(409, str(error))
+        except DataError as error:
+            return _error(400, str(error))
+        listing = folder.listing()
+        return {"saved": path.name, "labelled": listing["labelled"], "count": listing["count"]}
+
+
+class _NoSuchPhotograph(Exception):
+    pass
+
+
+def _media_type(suffix):
+    return {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+            ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff"}[suffix.lower()]
 
 
 def _add_error_handlers(app):
