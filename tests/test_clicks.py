@@ -311,3 +311,34 @@ def test_api_bad_clicks_get_a_400_naming_them(client, clicks, params, message):
     response = _post(client, _png(image), clicks, **params)
     assert response.status_code == 400
     assert response.json()["error"].startswith(message) and "Traceback" not in response.text
+
+
+def test_the_benchmark_through_the_api_matches_the_model_in_process(tmp_path, monkeypatch):
+    # The server answers each click as correct_mask does in process: the same IoU after every
+    # click, from the same protocol.
+    pytest.importorskip("fastapi", reason="the serve extra is part of [dev]")
+    httpx = pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
+    from fastapi.testclient import TestClient
+
+    from segment.deploy.server import create_app
+
+    images, masks = synthetic_arrays(3, size=64, seed=6)
+    write_folder(tmp_path / "data", images, masks)
+    keras.utils.set_random_seed(0)
+    model_path = tmp_path / "m.keras"
+    build_model(base_filters=4, depth=2, inference={"tta": False}).save(model_path)
+    model = keras.saving.load_model(model_path, safe_mode=True)
+    with TestClient(create_app(model), raise_server_exceptions=False) as client:
+        monkeypatch.setattr(httpx, "Client", lambda **options: client)
+        out = tmp_path / "out"
+        assert benchmark_main(["--data", str(tmp_path / "data"), "--model", str(model_path),
+                               "--server", "http://testserver", "--max-clicks", "4",
+                               "--out", str(out)]) == 0
+    rows = list(csv.DictReader(io.StringIO((out / "per_image.csv").read_text())))
+    by_method = {}
+    for row in rows:
+        by_method.setdefault(row["method"], []).append(
+            [float(value) for key, value in row.items() if key.startswith("iou_")])
+    assert set(by_method) == {"model", "grabcut", "server"}
+    np.testing.assert_allclose(by_method["server"], by_method["model"], atol=1e-9)
+    assert json.loads((out / "results.json").read_text())["server"] == "http://testserver"

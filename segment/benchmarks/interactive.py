@@ -8,10 +8,14 @@ boundary. Two methods side by side, from the same protocol:
   model     the network's mask (as predict.py finishes it) corrected with
             `segment.inference.correct_mask`; the probability is predicted once per image
   grabcut   `correct_mask` from the clicks alone, without a network
+  server    with --server URL: a running serve.py, asked as the page asks it: the photograph
+            and every click so far, in one request per click (seconds per click: the whole
+            request, the network's prediction included)
 
 Reported per method: NoC@85 and NoC@90 (the mean number of clicks to reach IoU 0.85 and 0.90;
 --max-clicks where never reached), the mean IoU after 0, 1, 3 and 5 clicks, the median seconds
-per click (the correction alone, not the network) and the images. The outputs in --out are
+per click (the correction alone, not the network, but for `server`) and the images. The
+outputs in --out are
 
   results.json       the table's figures per method, and the mean IoU after every click
   per_image.csv      per method and image: NoC@85, NoC@90 and the IoU after every click
@@ -22,12 +26,14 @@ per click (the correction alone, not the network) and the images. The outputs in
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from segment.benchmarks.figures import pyplot, save_figure
@@ -51,6 +57,7 @@ examples:
   python scripts/benchmark_interactive.py --data data/kvasir-seg/train --limit 40 \\
       --model runs/kvasir/model.keras --out bench/interactive
   python scripts/benchmark_interactive.py --data data/shapes --max-clicks 5   # clicks alone
+  python scripts/benchmark_interactive.py --data test_photos/ --server http://127.0.0.1:8000
 """
 
 TARGETS = {"noc85": 0.85, "noc90": 0.90}
@@ -66,6 +73,8 @@ def build_parser(prog=None):
     add("--model", type=Path, default=None, metavar="PATH",
         help="a .keras model (or an exported one) to correct; without it only the clicks-alone "
              "method runs")
+    add("--server", default=None, metavar="URL",
+        help="also (or, without --model, only) a running serve.py at URL, through its API")
     add("--max-clicks", type=positive, default=20, metavar="N", help="clicks per image")
     add("--limit", type=positive, default=None, metavar="N",
         help="the first N images (default: all)")
@@ -75,22 +84,57 @@ def build_parser(prog=None):
     return parser
 
 
-def methods_for(model):
-    """Methods by name, each `image -> segmenter(image, clicks) -> bool mask`: whatever the
-    image alone gives (the network's probability) is computed once, outside the clicks."""
+def methods_for(model, server=None):
+    """Methods by name, each `(image, path) -> segmenter(image, clicks) -> bool mask`:
+    whatever the image alone gives (the network's probability) is computed once, outside the
+    clicks; `server`'s answers are all requests."""
     methods = {}
     if model is not None:
         threshold = InferenceSettings.of(model).threshold
 
-        def corrected_model(image):
+        def corrected_model(image, path):
             probability = predict_probability(model, image)
             start = finish_mask(model, image, probability)
             return lambda image, clicks: correct_mask(image, probability, clicks,
                                                       threshold=threshold, start=start)
 
         methods["model"] = corrected_model
-    methods["grabcut"] = lambda image: (lambda image, clicks: correct_mask(image, None, clicks))
+    methods["grabcut"] = lambda image, path: (
+        lambda image, clicks: correct_mask(image, None, clicks))
+    if server is not None:
+        methods["server"] = _server_method(server)
     return methods
+
+
+def _server_method(url):
+    """The corrections of a running serve.py: the photograph's file and every click so far in
+    one `POST /api/segment`, as the page sends them."""
+    try:
+        import httpx
+    except ImportError:
+        raise DataError('--server needs httpx: pip install -e ".[dev]"') from None
+    client = httpx.Client(timeout=300)
+    url = url.rstrip("/")
+
+    def method(image, path):
+        data = Path(path).read_bytes()
+
+        def segmenter(image, clicks):
+            form = {"clicks": json.dumps([dataclasses.asdict(click) for click in clicks])}
+            try:
+                answer = client.post(f"{url}/api/segment", data=form if clicks else None,
+                                     files={"file": (Path(path).name, data)})
+            except httpx.HTTPError as error:
+                raise DataError(f"--server {url}: {error}") from None
+            if answer.status_code != 200:
+                raise DataError(f"--server {url}: {answer.status_code} for {Path(path).name}: "
+                                f"{answer.text[:200]}")
+            with Image.open(io.BytesIO(answer.content)) as picture:
+                return np.asarray(picture) > 127
+
+        return segmenter
+
+    return method
 
 
 def run_images(methods, pairs, max_clicks):
@@ -99,7 +143,8 @@ def run_images(methods, pairs, max_clicks):
     for image_path, mask_path in tqdm(pairs, desc="images", unit="image", disable=None):
         image, truth = read_pair(image_path, mask_path)
         for name, method in methods.items():
-            ious, seconds = simulate(method(image), image, truth, max_clicks=max_clicks)
+            ious, seconds = simulate(method(image, image_path), image, truth,
+                                     max_clicks=max_clicks)
             rows.append({"method": name, "image": Path(image_path).stem, "ious": ious,
                          "seconds": seconds})
     return rows
@@ -194,7 +239,7 @@ def main(argv=None, prog=None) -> int:
         folder = evaluation_folder(args.data)
         pairs = find_pairs(folder)[: args.limit]
         model = None if args.model is None else load_segmenter(args.model)
-        rows = run_images(methods_for(model), pairs, args.max_clicks)
+        rows = run_images(methods_for(model, args.server), pairs, args.max_clicks)
     except DataError as error:
         return fail(error)
     report = interactive_report(rows, args.max_clicks)
@@ -202,7 +247,7 @@ def main(argv=None, prog=None) -> int:
     print(table)
     if args.out is not None:
         settings = {"data": str(folder), "model": None if args.model is None else str(args.model),
-                    "max_clicks": args.max_clicks, "images": len(pairs)}
+                    "server": args.server, "max_clicks": args.max_clicks, "images": len(pairs)}
         written = write_outputs(args.out, report, rows, table, settings)
         print(f"wrote {', '.join(written)} to {args.out}")
     return 0
