@@ -1,6 +1,8 @@
 """Labelling a folder through the API (`serve.py --label DIR`): reading its photographs by
 their place in the server's listing, and writing masks only inside DIR/masks/."""
 
+import io
+
 import numpy as np
 import pytest
 
@@ -120,3 +122,45 @@ def test_the_serve_command_refuses_a_bad_label_folder_with_one_line(tmp_path, ca
     assert serve.main(argv) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "no such folder to label" in error[0]
+
+
+def test_without_a_model_masks_come_from_clicks_alone(tmp_path):
+    root = _folder(tmp_path / "photos")
+    with TestClient(create_app(None, label=root), raise_server_exceptions=False) as client:
+        health = client.get("/api/health").json()
+        assert health["model"] is None and health["label"] is True
+        image = client.get("/api/label/1/image").content
+        files = {"file": ("b_cat.png", image, "image/png")}
+        empty = client.post("/api/segment", files=files)
+        assert empty.status_code == 200
+        assert not np.asarray(Image.open(io.BytesIO(empty.content))).any()
+        clicked = client.post("/api/segment", files=files,
+                              data={"clicks": '[{"x": 5, "y": 7, "foreground": true}]'})
+        assert np.asarray(Image.open(io.BytesIO(clicked.content)))[7, 5] == 255  # it wins there
+        answer = client.post("/api/segment", files=files, params={"output": "prob"})
+        assert answer.status_code == 400 and "no model" in answer.json()["error"]
+    with pytest.raises(ValueError, match="only labels a folder"):
+        create_app(None)
+
+
+def test_the_serve_command_labels_without_a_model_when_none_is_found(tmp_path, monkeypatch,
+                                                                    capsys):
+    import importlib
+    import socket
+
+    import uvicorn
+
+    serve = importlib.import_module("segment.cli.serve")
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.append(app))
+    root = _folder(tmp_path / "photos")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    argv = ["--runs-dir", str(tmp_path / "no-runs"), "--port", port]
+    assert serve.main([*argv, "--label", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "labelling 2 photographs" in out and "no model (masks from clicks alone)" in out
+    assert len(served) == 1
+    assert serve.main(argv) == 2  # without --label, no model is an error as before
+    assert "no model found" in capsys.readouterr().err

@@ -74,15 +74,16 @@ def server():
 
 
 @contextlib.contextmanager
-def _page(server):
-    """The page, open in headless Chromium, once it has read the model's settings."""
+def _page(server, model="segmenter"):
+    """The page, open in headless Chromium, once it has read the model's settings (and names
+    `model`)."""
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
             page = browser.new_page()
             page.goto(server)
             page.wait_for_function(
-                "document.getElementById('model').textContent.includes('segmenter')"
+                f"document.getElementById('model').textContent.includes('{model}')"
             )
             yield page
         finally:
@@ -359,3 +360,21 @@ def test_a_folder_is_labelled_on_the_page_and_accept_writes_the_masks(labelling)
         np.testing.assert_array_equal(np.asarray(Image.open(root / "masks" / "b.png")) > 127,
                                       _mask_on_page(page))
     assert sorted(path.name for path in (root / "masks").iterdir()) == ["a.png", "b.png"]
+
+
+def test_without_a_model_a_folder_is_labelled_from_clicks_alone(tmp_path):
+    root = tmp_path / "photos"
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "a.png").write_bytes(encode_png(_image()))
+    with _serving(create_app(None, label=root)) as url, _page(url, model="no model") as page:
+        page.wait_for_selector("body[data-state=ready]", timeout=30_000)
+        assert not _mask_on_page(page).any()  # nothing until a click says so
+        _click(page, 30, 20)  # inside the bright block (rows 10-37, columns 16-49)
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('1 click;')",
+                               timeout=30_000)
+        shown = _mask_on_page(page)
+        assert shown[20, 30] and shown.sum() > 1
+        page.keyboard.press("Enter")
+        page.wait_for_function("document.getElementById('status').textContent === 'saved masks/a.png'",
+                               timeout=30_000)
+    np.testing.assert_array_equal(np.asarray(Image.open(root / "masks" / "a.png")) > 127, shown)

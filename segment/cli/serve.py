@@ -53,7 +53,8 @@ def build_parser(prog=None):
     parser.add_argument("--label", metavar="DIR", default=None,
                         help="label a folder of photographs on the page: DIR/images (or DIR) "
                         "shown one by one with the model's mask, clicks to correct it, and "
-                        "accept writes DIR/masks/<stem>.png (never over a mask without asking)")
+                        "accept writes DIR/masks/<stem>.png (never over a mask without asking); "
+                        "where there is no model, masks come from clicks alone")
     add_orientation_flag(parser, "uploads")
     return parser
 
@@ -78,7 +79,12 @@ def main(argv=None, prog=None):
         return fail(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
     try:
         model_path = model_to_use(args.model, args.runs_dir)
-        model = load_segmenter(model_path)
+    except DataError as error:
+        if args.label is None:
+            return fail(error)
+        model_path = None  # labelling from clicks alone
+    try:
+        model = None if model_path is None else load_segmenter(model_path)
     except ValueError as error:
         return fail(error)
     try:
@@ -96,7 +102,8 @@ def main(argv=None, prog=None):
         listing = app.state.label_folder.listing()
         print(f"labelling {listing['count']} photographs in {args.label} "
               f"({listing['labelled']} with masks already)", flush=True)
-    print(f"serving {model_path} on http://{args.host}:{args.port}/ (Ctrl+C stops)", flush=True)
+    served = model_path or "no model (masks from clicks alone)"
+    print(f"serving {served} on http://{args.host}:{args.port}/ (Ctrl+C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

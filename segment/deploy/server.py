@@ -153,7 +153,8 @@ def create_app(
         keep_orientation: segment uploads as their pixels are stored, not turned upright by
             their EXIF orientation. Defaults to False.
         label: a folder of photographs to label on the page (`LabelFolder`): the API gains
-            `/api/label` endpoints that read its photographs and write `label/masks/`.
+            `/api/label` endpoints that read its photographs and write `label/masks/`; with
+            `model` None, masks come from clicks alone (`correct_mask` without a network).
             Defaults to None.
     """
     # Keep uploads in memory up to the limit (Starlette spools larger parts to a temporary
@@ -161,9 +162,12 @@ def create_app(
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, max_upload_bytes)
     page = PAGE.read_text(encoding="utf-8")
     folder = None if label is None else LabelFolder(label, upright=not keep_orientation)
-    multiple = size_multiple(model)
-    # Warm up: the first prediction traces the network; do it before serving, once.
-    predict_probability(model, np.zeros((multiple, multiple, 3), np.float32), tta=False)
+    if model is None and folder is None:
+        raise ValueError("a server without a model only labels a folder (label=DIR)")
+    multiple = None if model is None else size_multiple(model)
+    if model is not None:
+        # Warm up: the first prediction traces the network; do it before serving, once.
+        predict_probability(model, np.zeros((multiple, multiple, 3), np.float32), tta=False)
 
     app = FastAPI(
         title="segment",
@@ -182,10 +186,10 @@ def create_app(
         """The model being served and how it segments by default."""
         return {
             "status": "ok",
-            "model": model.name,
-            "backend": _backend(model),
+            "model": None if model is None else model.name,
+            "backend": None if model is None else _backend(model),
             "input_multiple": multiple,
-            **InferenceSettings.of(model).to_dict(),
+            **(InferenceSettings() if model is None else InferenceSettings.of(model)).to_dict(),
             "max_upload_bytes": max_upload_bytes,
             "max_pixels": max_pixels,
             "keep_orientation": keep_orientation,
@@ -306,6 +310,9 @@ class _Segmenter:
         image = decode_image(data, name, upright=self.upright)
         if clicks is not None:  # checked against the image as decoded, before the network runs
             clicks = _parsed_clicks(clicks, image.shape)
+        if self.model is None:  # labelling from clicks alone: no network, no probability
+            mask = correct_mask(image, None, clicks or [])
+            return encode_png(render_output(output, image, mask.astype(np.float32), mask))
         options = {} if tta is None else {"tta": tta}
         with self.lock or contextlib.nullcontext():
             probability = predict_probability(self.model, image, **options)
@@ -369,6 +376,8 @@ def _segment_endpoint(segmenter, max_pixels, limiter):
             return _error(400, "no file: send the image as multipart form field 'file'")
         if clicks is not None and output == "prob":
             return _error(400, "clicks: take output=mask, overlay or cutout")
+        if segmenter.model is None and output == "prob":
+            return _error(400, "output=prob: this server has no model (masks from clicks alone)")
         data = await file.read()
         name = file.filename or "upload"
         try:
