@@ -382,7 +382,7 @@ def test_paste_lays_the_other_object_over_the_image_and_unites_the_masks():
     assert 0.3 < pasted[12, 9, 0] < 0.7  # the edge: half and half
 
 
-def test_the_stream_pastes_objects_into_about_half_the_samples(tmp_path, monkeypatch):
+def test_the_stream_pastes_objects_into_four_samples_of_five(tmp_path, monkeypatch):
     pairs = _mask_like_images(tmp_path)
 
     def masks():
@@ -394,7 +394,7 @@ def test_the_stream_pastes_objects_into_about_half_the_samples(tmp_path, monkeyp
     # Each sample is drawn before its paste: without one it is the plain stream's sample, with
     # one it has all of that sample's foreground and more.
     changed = [not np.array_equal(a, b) for a, b in zip(pasted, plain)]
-    assert 0.3 < np.mean(changed) < 0.7
+    assert 0.65 < np.mean(changed) < 0.95  # 0.8 of 64 samples: 51 +- 3
     assert all((a >= b).all() for a, b in zip(pasted, plain))
 
 
