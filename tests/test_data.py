@@ -382,20 +382,21 @@ def test_paste_lays_the_other_object_over_the_image_and_unites_the_masks():
     assert 0.3 < pasted[12, 9, 0] < 0.7  # the edge: half and half
 
 
-def test_the_stream_pastes_objects_into_four_samples_of_five(tmp_path, monkeypatch):
+def test_the_stream_pastes_objects_into_the_share_of_samples_asked(tmp_path):
     pairs = _mask_like_images(tmp_path)
 
-    def masks():
-        return next(data.folder_dataset(pairs, size=32, batch_size=64, seed=0).as_numpy_iterator())[1]
+    def masks(paste):
+        return next(data.folder_dataset(pairs, size=32, batch_size=64, seed=0, paste=paste)
+                    .as_numpy_iterator())[1]
 
-    pasted = masks()
-    monkeypatch.setattr("segment.data.streams.PASTE_PROBABILITY", 0.0)
-    plain = masks()
+    plain = masks(0.0)
     # Each sample is drawn before its paste: without one it is the plain stream's sample, with
     # one it has all of that sample's foreground and more.
-    changed = [not np.array_equal(a, b) for a, b in zip(pasted, plain)]
-    assert 0.65 < np.mean(changed) < 0.95  # 0.8 of 64 samples: 51 +- 3
-    assert all((a >= b).all() for a, b in zip(pasted, plain))
+    for paste, low, high in ((0.8, 0.65, 0.95), (None, 0.3, 0.7)):  # None: PASTE_PROBABILITY
+        pasted = masks(paste)
+        changed = [not np.array_equal(a, b) for a, b in zip(pasted, plain)]
+        assert low < np.mean(changed) < high  # of 64 samples: 51 +- 3, 32 +- 4
+        assert all((a >= b).all() for a, b in zip(pasted, plain))
 
 
 def test_folder_dataset_is_seeded(tmp_path):

@@ -245,3 +245,23 @@ def test_a_jpeg_s_thumbnail_decoded_small_is_the_whole_image_s(tmp_path):
     cv2.imwrite(str(tmp_path / "photo.png"), pixels)
     jpeg, png = data.thumbnail(tmp_path / "photo.jpg"), data.thumbnail(tmp_path / "photo.png")
     assert np.sqrt(np.mean((jpeg - png) ** 2)) < 0.05
+
+
+def test_pasting_is_stronger_where_the_images_come_in_groups(unnamed, tmp_path):
+    from segment.training import resolve_config
+    from segment.training.inputs import folder_pairs
+
+    folder = Path(unnamed[0][0][0]).parents[1]
+    grouped = folder_pairs(TrainConfig(data=str(folder)))
+    assert grouped.grouped  # 12 sequences of 8 frames
+    assert not folder_pairs(TrainConfig(data=str(folder), groups="none")).grouped
+    pairs = (grouped.train, grouped.val)
+    config = TrainConfig(data=str(folder), size=32)
+    assert resolve_config(config, pairs, grouped=True).paste == data.GROUPED_PASTE_PROBABILITY
+    assert resolve_config(config, pairs, grouped=False).paste == data.PASTE_PROBABILITY
+    given = TrainConfig(data=str(folder), size=32, paste=0.25)
+    assert resolve_config(given, pairs, grouped=True).paste == 0.25
+    # Independent photographs, each its own group, are not grouped.
+    images, masks = data.synthetic_arrays(20, size=SIDE, difficulty="medium", seed=4)
+    data.write_folder(tmp_path / "own", images, masks)
+    assert not folder_pairs(TrainConfig(data=str(tmp_path / "own"))).grouped

@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from segment.cli.common import HelpFormatter, add_orientation_flag, fail
-from segment.data import DIFFICULTIES
+from segment.data import DIFFICULTIES, GROUPED_PASTE_PROBABILITY, PASTE_PROBABILITY
 from segment.losses import LOSSES
 from segment.model import FULL_RESOLUTION_CHOICES
 from segment.training import (
@@ -127,6 +127,10 @@ def build_parser(prog=None):
         help="how --data's validation images are drawn without a val/ folder: auto holds out "
         "whole groups of near-copies (a video's frames, several photos of one subject), none "
         "a random part, FILE a CSV of stem,group rows")
+    add("--paste", type=float, default=None, metavar="P",
+        help="share of --data samples with another image's object pasted in (default: "
+        f"{GROUPED_PASTE_PROBABILITY:g} where the images come in groups, such as a video's "
+        f"frames, else {PASTE_PROBABILITY:g})")
     add("--threshold", type=float, default=None,
         help="accept multi-valued --data masks: foreground where value > threshold * max")
     add("--void", type=int, default=None, metavar="VALUE",

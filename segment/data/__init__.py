@@ -7,7 +7,8 @@
 - `polygons`: masks from polygon annotation exports (COCO and LabelMe JSON).
 - `groups`: near-copies among a folder's images (a video's frames), so that validation
   holds out whole groups.
-- `augment`: scale, rotation, shift, flips and colour changes of photographs.
+- `augment`: scale, rotation, shift, flips and colour changes of photographs, and another
+  image's object pasted in.
 - `streams`: endless, seeded, resumable `tf.data` streams (`synthetic_dataset`,
   `folder_dataset`).
 
@@ -16,6 +17,7 @@ the same on any machine, in any order, at any degree of parallelism. Every probl
 user's files raises `segment.imageio.DataError` naming them.
 """
 
+from segment.data.augment import GROUPED_PASTE_PROBABILITY, PASTE_PROBABILITY
 from segment.data.folders import (
     IMAGE_FOLDERS,
     MASK_FOLDERS,
@@ -85,6 +87,8 @@ from segment.data.synthetic import (
 )
 
 __all__ = [
+    "GROUPED_PASTE_PROBABILITY",
+    "PASTE_PROBABILITY",
     "add_gaussian_noise",
     "add_salt_and_pepper",
     "AnnotatedImage",

@@ -28,12 +28,15 @@ _BRIGHTNESS = 0.1
 
 _GAMMA = (0.7, 1.4)
 
-# Four samples in five get the object of another training image pasted over them (Ghiasi et
-# al., "Simple Copy-Paste", CVPR 2021): objects over backgrounds they were never seen on, so
-# that grouped photographs (a video's frames) are not learnt as whole pictures. On DAVIS 2016
-# half the samples raised IoU on unseen sequences from 0.317 to 0.406, and four in five gained
-# 0.037 more on held-out training sequences (docs/experiments.md).
-PASTE_PROBABILITY = 0.8
+# Half the samples get the object of another training image pasted over them (Ghiasi et al.,
+# "Simple Copy-Paste", CVPR 2021): objects over backgrounds they were never seen on, so that
+# grouped photographs (a video's frames) are not learnt as whole pictures. Where the images come
+# in groups, four samples in five: on DAVIS 2016 half the samples raised IoU on unseen
+# sequences from 0.317 to 0.406, and four in five gained 0.037 more on held-out training
+# sequences; on Kvasir-SEG's independent photographs four in five lost 0.011 on validation
+# (docs/experiments.md, "Pasting objects").
+PASTE_PROBABILITY = 0.5
+GROUPED_PASTE_PROBABILITY = 0.8
 
 
 def place_pair(image, mask, side):

@@ -87,6 +87,14 @@ class Split:
             )
         return "\n".join(lines)
 
+    @property
+    def grouped(self):
+        """Whether the images come in groups: held out as fewer groups than half the images."""
+        if self.train_groups is None:
+            return False
+        images = len(self.train) + len(self.val) + self.set_aside
+        return self.train_groups + self.val_groups <= images / 2
+
     def summary(self):
         """What `metrics.json` records of the split."""
         return {"method": self.method, "train_images": len(self.train),

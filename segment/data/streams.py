@@ -133,7 +133,7 @@ def synthetic_dataset(
 
 def folder_dataset(
     pairs, *, size, batch_size, augment=True, seed=0, repeat=True, threshold=None, void=None,
-    start=0, shard=None,
+    start=0, shard=None, paste=None,
 ):
     """A `tf.data` stream of batches from image/mask pairs, whole images at a working size.
 
@@ -149,9 +149,9 @@ def folder_dataset(
         batch_size: samples per batch.
         augment: random scale (0.75-1.25x), rotation (up to 30 degrees), shift, mirroring,
             and saturation, contrast, brightness and gamma changes, with the mask warped
-            alongside, and in four samples of five (`PASTE_PROBABILITY`) another image's
-            object pasted in (`paste_foreground`); else the image at the working size, top
-            left, reflect-padded.
+            alongside, and in a share `paste` of the samples another image's object pasted
+            in (`paste_foreground`); else the image at the working size, top left,
+            reflect-padded.
             Defaults to True.
         seed: seed for shuffling and augmentation. Defaults to 0.
         repeat: endless shuffled epochs, or a single ordered pass. Defaults to True.
@@ -162,6 +162,8 @@ def folder_dataset(
             stopped. Defaults to 0.
         shard: with `repeat`, `(index, count)`: this worker's share of every batch
             (`stream_positions`). Defaults to None (the whole stream).
+        paste: with `augment`, the share of samples with another image's object pasted in.
+            Defaults to None (`PASTE_PROBABILITY`).
 
     Returns:
         A `tf.data.Dataset` of `(images, masks)`, float32 `(batch, size, size, 3)` and
@@ -172,6 +174,7 @@ def folder_dataset(
     """
     if not pairs:
         raise ValueError("No image/mask pairs given")
+    paste = PASTE_PROBABILITY if paste is None else paste
     side = size_hw(size)[0]
     # Kept as 8-bit at the largest scale augmentation asks for, so that the warp only ever
     # shrinks mildly (no aliasing) and memory stays small whatever the photographs' size.
@@ -198,7 +201,7 @@ def folder_dataset(
         if augment:
             rng = sample_rng(seed, position)
             image, mask = augment_pair(rng, images[index], masks[index], side)
-            if rng.random() < PASTE_PROBABILITY:
+            if rng.random() < paste:
                 other = int(rng.integers(count))
                 image, mask = paste_foreground(
                     image, mask, *augment_pair(rng, images[other], masks[other], side))

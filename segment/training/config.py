@@ -75,6 +75,10 @@ class TrainConfig:
     threshold: float | None = None  # accept multi-valued --data masks, foreground > threshold
     void: int | None = None  # the mask value of void pixels, left out of the loss and scores
     keep_orientation: bool = False  # read --data as stored, not turned upright by EXIF
+    # Share of --data samples with another image's object pasted in; None: where the images
+    # come in groups (a video's frames), GROUPED_PASTE_PROBABILITY, else PASTE_PROBABILITY
+    # (segment.data.augment; recorded here once known).
+    paste: float | None = None
     # A trained model.keras to start from (fine-tuning): its run folder's network and working
     # size, its weights, and INIT_MINUTES unless a length is given (`init_settings`).
     init: str | None = None
@@ -147,6 +151,8 @@ def check_config(config):
         value = getattr(config, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if config.paste is not None and not 0 <= config.paste <= 1:
+        raise ValueError(f"--paste must be between 0 and 1, got {config.paste}")
     if config.lr is not None and not config.lr > 0:
         raise ValueError(f"--lr must be positive, got {config.lr}")
     if config.minutes is not None and config.minutes <= 0:
@@ -201,9 +207,12 @@ def init_settings(config):
     return dataclasses.replace(config, **changes)
 
 
-def resolve_config(config, pairs):
-    """A copy of `config` with the settings left open filled in (all but a budget's epochs)."""
+def resolve_config(config, pairs, *, grouped=False):
+    """A copy of `config` with the settings left open filled in (all but a budget's epochs).
+    `grouped`: the training images come in groups of near-copies (`segment.data.Split`)."""
     config = dataclasses.replace(config)
+    if config.paste is None and pairs is not None:
+        config.paste = data.GROUPED_PASTE_PROBABILITY if grouped else data.PASTE_PROBABILITY
     if config.init is not None:
         config = init_settings(config)
     if config.size is None:

@@ -116,6 +116,7 @@ def training_stream(config, pairs, start, shard=None):
         void=config.void,
         start=start,
         shard=shard,
+        paste=config.paste,
     )
 
 

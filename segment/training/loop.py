@@ -96,7 +96,7 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
     if split is not None:
         print(split.describe(), flush=True)
     size_from_images = pairs is not None and config.size is None  # a budget may lower it
-    config = resolve_config(config, pairs)
+    config = resolve_config(config, pairs, grouped=split is not None and split.grouped)
     _check_settings(config, strategy)
     chief = is_chief(strategy)
     folder, created = (prepare_run_folder(config, resume=resume, overwrite=overwrite) if chief
