@@ -21,7 +21,7 @@ from segment.model import InferenceSettings
 
 __all__ = [
     "COLUMNS", "evaluate_folder", "evaluate_samples", "evaluation_folder", "load_methods",
-    "mean_iou", "method_values", "model_method", "summarize",
+    "image_ious", "mean_iou", "method_values", "model_method", "summarize",
 ]
 
 
@@ -133,9 +133,14 @@ def evaluate_folder(pairs, methods, *, warm_up=True, threshold=None, void=None, 
     )
 
 
+def image_ious(method, samples):
+    """The IoU of one segmenter on each of `(name, image, truth)` samples (no timing)."""
+    return [iou(method(image), truth) for _, image, truth in samples]
+
+
 def mean_iou(method, samples):
     """Per-image mean IoU of one segmenter over `(name, image, truth)` samples (no timing)."""
-    return float(np.mean([iou(method(image), truth) for _, image, truth in samples]))
+    return float(np.mean(image_ious(method, samples)))
 
 
 def method_values(rows, method, column):

@@ -6,9 +6,8 @@ import time
 import keras
 import numpy as np
 
-from segment.evaluation import model_method
+from segment.evaluation import image_ious, model_method
 from segment.imageio import write_text
-from segment.metrics import iou
 from segment.training.run_folder import BACKUP, save_atomically
 from segment.training.selection import clearly_worse
 
@@ -44,8 +43,7 @@ class Validation(keras.callbacks.Callback):
             if self.local_model is not None:
                 self.local_model.set_weights(model.get_weights())
                 model = self.local_model
-            method = epoch_method(model)
-            self.scores = [iou(method(image), truth) for _, image, truth in self.samples]
+            self.scores = image_ious(epoch_method(model), self.samples)
             logs["val_iou"] = float(np.mean(self.scores))
             if self.first_seconds is None:
                 self.first_seconds = time.perf_counter() - started
