@@ -15,7 +15,7 @@ from segment.inference import (
 from segment.metrics import b1_error, evaluate_masks, iou, spurious
 from segment.model import InferenceSettings
 from segment.training.run_folder import save_atomically
-from segment.training.selection import clearly_worse
+from segment.training.selection import clearly_worse, group_means, standard_error
 
 __all__ = ["MIN_HOLES", "MIN_PARTS", "STRAY_PART_PRICE", "choose_mask_settings"]
 
@@ -115,15 +115,8 @@ def choose_mask_settings(model_path, samples, *, groups=None):
 def _standard_error(values, groups):
     """`(standard error of the mean, groups it was taken over or None)`: over the means of
     `groups` when given, else over `values`; None with fewer than two."""
-    if groups is not None:
-        means = {}
-        for value, group in zip(values, groups):
-            means.setdefault(group, []).append(value)
-        values = [float(np.mean(members)) for members in means.values()]
-    if len(values) < 2:
-        return None, None if groups is None else len(values)
-    error = float(np.std(values, ddof=1) / math.sqrt(len(values)))
-    return error, None if groups is None else len(values)
+    means = group_means(values, groups)
+    return standard_error(means), None if groups is None else len(means)
 
 
 def _unpack(packed, shape):

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-__all__ = ["clearly_worse", "group_means"]
+__all__ = ["clearly_worse", "group_means", "standard_error"]
 
 
 def group_means(values, groups=None):
@@ -25,6 +25,13 @@ def group_means(values, groups=None):
     return np.array([np.mean(member) for member in members.values()], np.float64)
 
 
+def standard_error(values):
+    """The standard error of the mean of `values`; None with fewer than two."""
+    if len(values) < 2:
+        return None
+    return float(np.std(values, ddof=1) / math.sqrt(len(values)))
+
+
 def clearly_worse(scores, best, groups=None):
     """Whether per-image `scores` fall short of `best` (the same images' scores under another
     choice) by more than the standard error of their mean difference, taken over the means of
@@ -32,6 +39,4 @@ def clearly_worse(scores, best, groups=None):
     counts."""
     differences = group_means(np.subtract(best, scores), groups)
     shortfall = float(differences.mean())
-    if len(differences) < 2:
-        return shortfall > 0
-    return shortfall > float(differences.std(ddof=1)) / math.sqrt(len(differences))
+    return shortfall > (standard_error(differences) or 0.0)
