@@ -106,6 +106,11 @@ def test_a_folder_without_images_is_refused_by_name(model, tmp_path):
         create_app(model, label=tmp_path)
     with pytest.raises(DataError, match="no such folder"):
         create_app(model, label=tmp_path / "missing")
+    # Masks are named by stem: two photographs with one stem are refused, naming both.
+    root = _folder(tmp_path / "twice")
+    (root / "images" / "a_dog.png").write_bytes((root / "images" / "b_cat.png").read_bytes())
+    with pytest.raises(DataError, match=r"share a name.*a_dog \(a_dog.jpg, a_dog.png\)"):
+        create_app(model, label=root)
 
 
 def test_the_serve_command_refuses_a_bad_label_folder_with_one_line(tmp_path, capsys):

@@ -21,8 +21,8 @@ from segment.imageio import (
 
 __all__ = [
     "IMAGE_FOLDERS", "MASK_FOLDERS", "MASK_SUFFIXES", "SPLIT_NAMES", "dataset_splits",
-    "find_pairs", "foreground_fraction", "load_pairs", "lossy_mask_note", "pairing_note",
-    "read_pair", "split_pairs", "write_folder",
+    "find_pairs", "foreground_fraction", "image_files", "load_pairs", "lossy_mask_note",
+    "pairing_note", "read_pair", "split_pairs", "write_folder",
 ]
 
 
@@ -69,6 +69,12 @@ def _stems(paths, folder, what):
         )
         raise DataError(f"{folder}: several {what} share a name, so the pairing is ambiguous: {shown}")
     return {stem: files[0] for stem, files in found.items()}
+
+
+def image_files(folder, what="images"):
+    """The image files of `folder` (hidden files left out), by stem; several files with one
+    stem are refused (`DataError`), as masks are named by stem."""
+    return [path for _, path in sorted(_stems(_image_files(folder), folder, what).items())]
 
 
 def _mask_suffix(image_stems, mask_stems):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segment.data import IMAGE_FOLDERS
-from segment.imageio import DataError, decode_image, is_image_file, write_png
+from segment.data import IMAGE_FOLDERS, image_files
+from segment.imageio import DataError, decode_image, write_png
 
 __all__ = ["LabelFolder", "MaskExists"]
 
@@ -30,17 +30,14 @@ class LabelFolder:
         if not root.is_dir():
             raise DataError(f"{root}: no such folder to label")
         self.root, self.upright = root, upright
-        folders = [*(root / name for name in IMAGE_FOLDERS), root]
-        self.images_folder = next(
-            (folder for folder in folders if folder.is_dir() and _images(folder)), None)
-        if self.images_folder is None:
+        self.images = []
+        for folder in [root / name for name in IMAGE_FOLDERS] + [root]:
+            if folder.is_dir():
+                self.images = image_files(folder)
+                if self.images:
+                    break
+        if not self.images:
             raise DataError(f"{root}: no images to label (looked in {root}/images and {root})")
-        self.images = _images(self.images_folder)
-        stems = [image.stem for image in self.images]
-        if len(set(stems)) < len(stems):
-            twice = sorted({stem for stem in stems if stems.count(stem) > 1})
-            raise DataError(f"{self.images_folder}: two images named {twice[0]} (masks are "
-                            "named by stem)")
         self.masks_folder = root / "masks"
 
     def __len__(self):
@@ -88,8 +85,3 @@ class LabelFolder:
         write_png(path, mask)
         return path
 
-
-def _images(folder):
-    """The folder's image files by name; hidden files (editors' companions) left out."""
-    return sorted(path for path in folder.iterdir()
-                  if path.is_file() and is_image_file(path) and not path.name.startswith("."))
