@@ -378,3 +378,44 @@ def test_without_a_model_a_folder_is_labelled_from_clicks_alone(tmp_path):
         page.wait_for_function("document.getElementById('status').textContent === 'saved masks/a.png'",
                                timeout=30_000)
     np.testing.assert_array_equal(np.asarray(Image.open(root / "masks" / "a.png")) > 127, shown)
+
+
+def test_the_folder_loop_label_accept_then_fine_tune(tmp_path):
+    """The loop the page is for: a small trained model, a folder of photographs without
+    masks labelled on the page with a click each, then `train.py --data DIR --init MODEL`
+    fine-tuning on what was accepted."""
+    from segment import data
+    from segment.cli.train import main as train_main
+    from segment.inference import load_segmenter
+    from segment.training import TrainConfig, train
+
+    images, masks = data.synthetic_arrays(8, size=48, difficulty="medium", seed=0)
+    data.write_folder(tmp_path / "first", images, masks)
+    first, _ = train(TrainConfig(data=str(tmp_path / "first"), out=str(tmp_path / "first-run"),
+                                 epochs=1, steps_per_epoch=2, size=32, batch_size=4,
+                                 base_filters=4, depth=2, groups="none"), verbose=0)
+    root = tmp_path / "photos"
+    (root / "images").mkdir(parents=True)
+    for index in range(3):
+        (root / "images" / f"p{index}.png").write_bytes(encode_png(_image()))
+    model = load_segmenter(first / "model.keras")
+    with _serving(create_app(model, label=root)) as url, _page(url) as page:
+        for index in range(3):
+            page.wait_for_function(
+                f"document.getElementById('label-name').textContent === 'p{index}.png'")
+            page.wait_for_selector("body[data-state=ready]", timeout=30_000)
+            _click(page, 30, 20)  # inside the bright block
+            page.wait_for_function(
+                "document.getElementById('status').textContent.startsWith('1 click;')",
+                timeout=30_000)
+            page.keyboard.press("Enter")
+            page.wait_for_function(
+                f"document.getElementById('status').textContent === 'saved masks/p{index}.png'",
+                timeout=30_000)
+    assert sorted(path.name for path in (root / "masks").iterdir()) == ["p0.png", "p1.png", "p2.png"]
+    assert train_main(["--data", str(root), "--init", str(first / "model.keras"), "--epochs", "1",
+                       "--steps-per-epoch", "2", "--groups", "none",
+                       "--out", str(tmp_path / "tuned")]) == 0
+    tuned = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert tuned["init"] == str(first / "model.keras") and tuned["size"] == 32
+    assert (tmp_path / "tuned" / "model.keras").is_file()
