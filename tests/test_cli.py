@@ -21,7 +21,7 @@ SCRIPT_JOBS = {
     "benchmark_losses": "benchmark losses", "benchmark_real": "benchmark real",
     "benchmark_speed": "benchmark speed", "evaluate_robustness": "benchmark robustness",
     "loadtest_serve": "benchmark serving", "benchmark_grouping": "benchmark grouping",
-    "benchmark_interactive": "benchmark interactive",
+    "benchmark_interactive": "benchmark interactive", "benchmark_profile": "benchmark profile",
     "import_masks": "import-masks",
 }
 

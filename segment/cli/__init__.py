@@ -25,7 +25,7 @@ JOBS = {
     "contact-sheet": ("segment.cli.contact_sheet", "a picture of synthetic samples per difficulty"),
     "import-masks": ("segment.cli.import_masks", "masks from COCO or LabelMe polygon exports"),
     "benchmark": (None, "measure: losses, real photographs, speed, robustness, serving, groups, "
-                        "clicks"),
+                        "clicks, a training step's profile"),
 }
 BENCHMARKS = {
     "losses": ("segment.benchmarks.losses", "every loss on the same network, data and steps"),
@@ -36,6 +36,7 @@ BENCHMARKS = {
     "grouping": ("segment.benchmarks.grouping", "how well --groups auto finds known groups"),
     "interactive": ("segment.benchmarks.interactive",
                     "clicks to a good mask, with a simulated annotator"),
+    "profile": ("segment.benchmarks.profile", "where a training step's time goes"),
 }
 
 

@@ -1,0 +1,37 @@
+"""The training-step profile (`segment benchmark profile`)."""
+
+import json
+
+import pytest
+
+from segment.benchmarks.profile import main, sum_onednn_log
+
+pytestmark = pytest.mark.slow  # a few compiled models
+
+
+def test_onednn_lines_are_summed_per_kernel_after_the_warm_up():
+    lines = [
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core_bf16,x,9.0",
+        "--- timed steps ---",
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core_bf16,x,1.5",
+        "onednn_verbose,v1,primitive,create:cache_miss,cpu,convolution,brg,x,7.0",
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core_bf16,x,2.5",
+        "onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,x,0.5",
+        "some other log line",
+    ]
+    assert sum_onednn_log(lines, steps=2) == {
+        "convolution brg_conv_fwd:avx512_core_bf16": {"ms_per_step": 2.0, "calls_per_step": 1.0},
+        "reorder jit:uni": {"ms_per_step": 0.25, "calls_per_step": 0.5},
+    }
+
+
+def test_the_quick_profile_times_every_part(tmp_path, capsys):
+    path = tmp_path / "profile.json"
+    assert main(["--quick", "--steps", "1", "--repeats", "1", "--json", str(path)]) == 0
+    figures = json.loads(path.read_text())
+    assert set(figures["seconds"]) == {
+        "input pipeline", "forward", "forward + loss + gradients", "the same, MSE loss",
+        "the same, no normalisation", "train_on_batch (no input pipeline)", "fit on the stream"}
+    assert all(seconds > 0 for seconds in figures["seconds"].values())
+    assert figures["gflop_per_step"] > 0
+    assert "| fit on the stream |" in capsys.readouterr().out
