@@ -32,9 +32,8 @@ import keras
 import tensorflow as tf
 
 from segment.benchmarks.machine import cpu_peak
-from segment.benchmarks.speed import forward_flops, interleaved
+from segment.benchmarks.speed import BatchClock, forward_flops, interleaved
 from segment.cli.common import HelpFormatter
-from segment.losses import LOSSES
 from segment.training import TrainConfig, resolve_config
 from segment.training.devices import precision
 from segment.training.inputs import training_stream
@@ -67,10 +66,8 @@ def _without_normalisation(config):
         model_module.InstanceNormalize = original
 
 
-def _compiled(model, config, loss=None):
+def _compiled(model, config):
     compile_network(model, config, halve_every=1000)
-    if loss is not None:
-        model.compile(optimizer=model.optimizer, loss=LOSSES[loss](), jit_compile=False)
     return model
 
 
@@ -99,19 +96,17 @@ def measure(config, *, steps, repeats):
     images, masks = next(stream)
     models = {
         "default": _compiled(build_network(config), config),
-        "mse": _compiled(build_network(config), config, loss="mse"),
+        "mse": _compiled(build_network(config), dataclasses.replace(config, loss="mse")),
         "no_norm": _compiled(_without_normalisation(config), config),
     }
     forward = tf.function(lambda x: models["default"](x, training=True))
     gradients = {name: _gradient_pass(model) for name, model in models.items()}
 
     def fit():
-        model = models["default"]
-        clock = []
-        model.fit(training_stream(config, None, 0), epochs=1, steps_per_epoch=steps + 1,
-                  verbose=0, callbacks=[keras.callbacks.LambdaCallback(
-                      on_train_batch_end=lambda batch, logs: clock.append(time.perf_counter()))])
-        return (clock[-1] - clock[0]) / steps
+        clock = BatchClock()
+        models["default"].fit(training_stream(config, None, 0), epochs=1,
+                              steps_per_epoch=steps + 1, verbose=0, callbacks=[clock])
+        return (clock.times[-1] - clock.times[0]) / steps
 
     parts = {
         "input pipeline": lambda: _timed(lambda: next(stream), steps),
@@ -242,10 +237,11 @@ def build_parser(prog=None):
 
 
 def main(argv=None, prog=None) -> int:
-    args = build_parser(prog).parse_args(argv)
-    if args.steps < 1 or args.repeats < 1:
-        print("error: --steps and --repeats must be at least 1", file=sys.stderr)
-        return 2
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    for name in ("steps", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     config = _config(args.quick)
     with precision(config.mixed_precision):
         seconds = measure(config, steps=args.steps, repeats=args.repeats)

@@ -150,7 +150,7 @@ def compile_stock(model, loss="mse"):
 # Timing
 
 
-class _BatchClock(keras.callbacks.Callback):
+class BatchClock(keras.callbacks.Callback):
     """Records when each training batch ends.
 
     The rate is taken between the first and the last batch of a `fit` call, which leaves out
@@ -166,7 +166,7 @@ class _BatchClock(keras.callbacks.Callback):
 
 def training_rate(model, images, masks, batch_size):
     """Images per second of `model.fit` over the batches after the first."""
-    clock = _BatchClock()
+    clock = BatchClock()
     model.fit(
         images, masks, batch_size=batch_size, epochs=1, shuffle=False, verbose=0,
         callbacks=[clock],
