@@ -15,8 +15,9 @@ from PIL import Image
 
 __all__ = [
     "IMAGE_EXTENSIONS", "LOSSY_EXTENSIONS", "VOID_LABEL", "DataError", "decode_image",
-    "encode_png", "exif_orientation", "is_image_file", "keep_stored_orientation", "read_image",
-    "read_labels", "read_mask", "scale_image", "scaled_shape", "write_png", "write_text",
+    "decoded_shape", "encode_png", "exif_orientation", "is_image_file", "keep_stored_orientation",
+    "read_image", "read_labels", "read_mask", "scale_image", "scaled_shape", "write_png",
+    "write_text",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -35,6 +36,8 @@ _UPRIGHT = {
     8: lambda a: np.rot90(a, 1),
 }
 _keep_orientation = False
+# Pillow's names of the formats whose header `decoded_shape` trusts: those the project serves.
+_HEADER_FORMATS = {"PNG", "JPEG", "MPO", "BMP", "DIB", "TIFF"}
 
 
 def _read_umask():
@@ -162,6 +165,33 @@ def decode_image(data, name="upload", *, upright=None):
     if not data:
         raise DataError(f"{name}: empty file (0 bytes)")
     return _to_rgb(_decode_bytes(np.frombuffer(data, dtype=np.uint8), name, upright), name)
+
+
+def decoded_shape(data, name="upload", *, upright=None):
+    """`(height, width)` of `decode_image(data, name, upright=upright)`, without decoding the
+    pixels where the file's header says it: a PNG, JPEG, BMP or TIFF header gives the size as
+    stored, and its EXIF orientation (`exif_orientation`) turns it as `decode_image` turns the
+    pixels. Any other file is decoded, with `decode_image`'s errors. A file whose header reads
+    but whose pixels are broken gets its header's size: only decoding finds those.
+
+    Raises:
+        DataError: as `decode_image`, for a file whose header Pillow cannot read.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            known, (width, height) = header.format in _HEADER_FORMATS, header.size
+            if header.format == "TIFF":  # as stored: Pillow's size may be turned already
+                width, height = header.tag_v2[256], header.tag_v2[257]
+    except Exception:  # not an image Pillow knows, empty, or too large for it: decoded below
+        known = False
+    if not known:
+        return decode_image(data, name, upright=upright).shape[:2]
+    keep = _keep_orientation if upright is None else not upright
+    orientation = 1 if keep else exif_orientation(data)
+    if orientation == 1:
+        return height, width
+    # The turn decode_image applies, on an array of no pixels: its shape is the answer.
+    return _UPRIGHT[orientation](np.empty((height, width, 0), np.uint8)).shape[:2]
 
 
 def _to_rgb(array, path):

@@ -95,6 +95,41 @@ def test_bad_label_requests_get_a_json_error_and_write_nothing(model, tmp_path, 
     assert not (root / "masks").exists()
 
 
+@pytest.mark.parametrize("keep_orientation", [False, True])
+def test_a_sideways_photographs_mask_has_its_upright_size_read_without_decoding_it(
+        model, tmp_path, monkeypatch, keep_orientation):
+    import cv2
+
+    root = tmp_path / "photos"
+    (root / "images").mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 40 wide and 30 high; viewers turn it upright, 30 wide and 40 high
+    photo = io.BytesIO()
+    Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(photo, "JPEG", exif=exif)
+    (root / "images" / "phone.jpg").write_bytes(photo.getvalue())
+    decoded = []  # the sizes of the encoded images the server decodes
+    imdecode = cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda raw, flags: decoded.append(len(raw)) or
+                        imdecode(raw, flags))
+    right, wrong = ((30, 40), (40, 30)) if keep_orientation else ((40, 30), (30, 40))
+    app = create_app(model, label=root, keep_orientation=keep_orientation)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        png = encode_png(np.zeros(wrong, bool))
+        answer = client.put("/api/label/0/mask", files={"mask": ("m.png", png, "image/png")})
+        assert answer.status_code == 400
+        size = f"{right[1]}x{right[0]}"
+        assert answer.json() == {"error": f"mask: {wrong[1]}x{wrong[0]}, the photograph "
+                                          f"phone.jpg is {size}"}
+        assert not (root / "masks").exists()
+        mask, png = _mask_png(*right)
+        answer = client.put("/api/label/0/mask", files={"mask": ("m.png", png, "image/png")})
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_array_equal(np.asarray(Image.open(root / "masks" / "phone.png")) > 0,
+                                       mask)
+    # The two masks were decoded, the photograph never.
+    assert len(decoded) == 2 and len(photo.getvalue()) not in decoded
+
+
 def test_without_label_there_are_no_label_endpoints(model):
     with TestClient(create_app(model), raise_server_exceptions=False) as client:
         assert client.get("/api/health").json()["label"] is False

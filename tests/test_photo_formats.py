@@ -83,6 +83,35 @@ def test_keep_orientation_reads_the_pixels_as_stored(tmp_path, fmt, orientation)
     np.testing.assert_array_equal(_as_uint8(read_image(tmp_path / "photo.img")), stored)
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF", "JPEG"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_decoded_shape_is_the_size_as_seen_from_the_header_alone(monkeypatch, fmt, orientation):
+    encoded = _encode(_stored(), orientation, fmt)
+    seen = _as_viewers_show(encoded).shape[:2]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("decoded the pixels")
+
+    monkeypatch.setattr(cv2, "imdecode", refuse)
+    assert imageio.decoded_shape(encoded, "photo") == seen
+    assert imageio.decoded_shape(encoded, "photo", upright=True) == seen
+    assert imageio.decoded_shape(encoded, "photo", upright=False) == (30, 50)
+    imageio.keep_stored_orientation(True)
+    assert imageio.decoded_shape(encoded, "photo") == (30, 50)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "photo.png: empty file (0 bytes)"),
+    (b"not an image", "photo.png: not a readable image (corrupt or unsupported format)"),
+    (b"GIF89a" + b"\0" * 40, "photo.png: not a readable image (corrupt or unsupported format)"),
+])
+def test_decoded_shape_refuses_what_decode_image_refuses_with_its_words(data, message):
+    for read in (imageio.decode_image, imageio.decoded_shape):
+        with pytest.raises(DataError) as error:
+            read(data, "photo.png")
+        assert str(error.value) == message
+
+
 def _phone_folder(root, *, mask_as_stored=False):
     """One photograph stored sideways (EXIF 6) whose mask was drawn on it upright."""
     stored = _stored(shape=(32, 48))

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from segment.data import IMAGE_FOLDERS, image_files
-from segment.imageio import DataError, decode_image, write_png
+from segment.imageio import DataError, decode_image, decoded_shape, write_png
 
 __all__ = ["LabelFolder", "MaskExists"]
 
@@ -71,7 +71,8 @@ class LabelFolder:
             MaskExists: a mask is there already and `overwrite` is False.
         """
         image = self.images[index]
-        shape = decode_image(self.image_bytes(index), image.name, upright=self.upright).shape[:2]
+        # Its size (upright, unless the server keeps orientation) from its header alone.
+        shape = decoded_shape(self.image_bytes(index), image.name, upright=self.upright)
         upload = decode_image(data, "mask", upright=False)
         if upload.shape[:2] != shape:
             raise DataError(f"mask: {upload.shape[1]}x{upload.shape[0]}, the photograph "
