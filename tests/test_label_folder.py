@@ -177,6 +177,10 @@ def test_without_a_model_masks_come_from_clicks_alone(tmp_path):
         clicked = client.post("/api/segment", files=files,
                               data={"clicks": '[{"x": 5, "y": 7, "foreground": true}]'})
         assert np.asarray(Image.open(io.BytesIO(clicked.content)))[7, 5] == 255  # it wins there
+        # A saved mask as the start: the answer without clicks.
+        saved, png = _mask_png(30, 40)
+        answer = client.post("/api/segment", files={**files, "start": ("m.png", png, "image/png")})
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(answer.content))) > 0, saved)
         answer = client.post("/api/segment", files=files, params={"output": "prob"})
         assert answer.status_code == 400 and "no model" in answer.json()["error"]
     with pytest.raises(ValueError, match="only labels a folder"):

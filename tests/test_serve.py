@@ -170,3 +170,70 @@ def test_load_test_script_runs_a_real_server_and_reports(tmp_path, model):
     assert code == 0 and report["failed"] == 0
     assert sum(row["requests"] for row in report["per_size"].values()) == 8
     assert report["resident_mb_after_run"] > 0 and report["p95_s"] >= report["p50_s"] > 0
+
+
+def _scene():
+    """Two bright discs on a dark, textured background, 45 x 70: `(png, left disc, right
+    disc)`."""
+    rng = np.random.default_rng(7)
+    image = np.clip(0.25 + 0.05 * rng.standard_normal((45, 70, 3)), 0, 1)
+    rows, columns = np.mgrid[:45, :70]
+    left = (rows - 22) ** 2 + (columns - 16) ** 2 < 10**2
+    right = (rows - 22) ** 2 + (columns - 52) ** 2 < 10**2
+    image[left | right] = 0.9
+    return encode_png(image), left, right
+
+
+def _post_start(client, data, start, clicks=None, **params):
+    files = {"file": ("scene.png", data, "image/png"), "start": ("start.png", start, "image/png")}
+    form = None if clicks is None else {"clicks": json.dumps(clicks)}
+    return client.post("/api/segment", params=params, files=files, data=form)
+
+
+def test_a_start_mask_is_the_answer_without_clicks_and_what_clicks_correct(client, model):
+    data, left, right = _scene()
+    plain = _picture(_post(client, data)) > 0
+    # A starting mask unlike the model's: the left disc and a block in the top right corner.
+    start = left.copy()
+    start[:8, 60:] = True
+    assert (start != plain).sum() > 100
+    for kind in ("mask", "cutout"):
+        got = _picture(_post_start(client, data, encode_png(start), output=kind))
+        np.testing.assert_array_equal((got if kind == "mask" else got[..., 3]) > 0, start)
+    # Any image whose first channel is above the midpoint is foreground: 8-bit RGB, 128 and 127.
+    coloured = np.where(start[..., None], [128, 0, 255], [127, 255, 0]).astype(np.uint8)
+    np.testing.assert_array_equal(
+        _picture(_post_start(client, data, encode_png(coloured), clicks=[])) > 0, start)
+    # A click in the right disc, which the start leaves out: its pixel wins, and what is far
+    # from it (left half, and the top right block) keeps the start's value.
+    clicks = [{"x": 52, "y": 22, "foreground": True}]
+    corrected = _picture(_post_start(client, data, encode_png(start), clicks)) > 0
+    assert corrected[22, 52]
+    far = np.zeros_like(start)
+    far[:, :35] = True
+    far[:8, 60:] = True
+    np.testing.assert_array_equal(corrected[far], start[far])
+    # Without start the same click corrects the model's mask, which is not the start there.
+    without = _picture(client.post("/api/segment", data={"clicks": json.dumps(clicks)},
+                                   files={"file": ("scene.png", data, "image/png")})) > 0
+    assert without[22, 52] and (without[far] != start[far]).sum() > 50
+
+
+@pytest.mark.parametrize(
+    "start, params, status, message",
+    [
+        (encode_png(np.ones((5, 5), bool)), {}, 400, "start: 5x5, the image scene.png is 70x45"),
+        (encode_png(np.ones((70, 45), bool)), {}, 400, "start: 45x70, the image scene.png is 70x45"),
+        (b"not a mask", {}, 400, "start: not a readable image"),
+        (b"", {}, 400, "start: empty file (0 bytes)"),
+        (encode_png(np.ones((45, 70), bool)), {"output": "prob"}, 400,
+         "start: take output=mask, overlay or cutout"),
+        (encode_png(np.zeros((400, 400), bool)), {}, 413, "start: 400x400 is 160000 pixels"),
+    ],
+    ids=["small", "turned", "not-an-image", "empty", "prob", "too-large"],
+)
+def test_a_bad_start_mask_gets_a_json_error_naming_it(client, start, params, status, message):
+    response = _post_start(client, _scene()[0], start, **params)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error.startswith(message) and "\n" not in error and "Traceback" not in response.text

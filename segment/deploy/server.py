@@ -7,7 +7,9 @@
   `min_part`, `min_hole`, `fill_holes`, `refine`; answers a PNG. The segmentation is
   `segment.inference`'s, as `predict.py` runs it. An optional form field `clicks`, JSON
   `[{"x": 120, "y": 48, "foreground": true}, ...]` in the answer's pixels, corrects
-  the mask (`segment.inference.correct_mask`); bad clicks get 400.
+  the mask (`segment.inference.correct_mask`); bad clicks get 400. An optional form field
+  `start`, a mask image of the answer's size (foreground where its first channel is above the
+  midpoint), is the mask the clicks correct instead of the model's, e.g. a mask saved before.
 - `GET /api/health`: the model's name, input size multiple, backend and inference settings.
 - With `label=DIR`: `GET /api/label` (the folder's photographs and which have masks),
   `GET /api/label/{i}/image`, `GET /api/label/{i}/mask` and `PUT /api/label/{i}/mask`
@@ -40,7 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartParser
 
 from segment.deploy.labelling import LabelFolder, MaskExists
-from segment.imageio import DataError, decode_image, encode_png
+from segment.imageio import DataError, decode_image, decoded_shape, encode_png
 from segment.inference import (
     OUTPUT_KINDS,
     correct_mask,
@@ -202,7 +204,7 @@ def create_app(
         response_class=Response,
         responses={
             200: {"content": {"image/png": {}}, "description": "the requested picture, PNG"},
-            400: {"description": "no file in the form field `file`, or bad `clicks`"},
+            400: {"description": "no file in the form field `file`, or bad `clicks` or `start`"},
             413: {"description": "upload or image too large"},
             415: {"description": "not a readable image"},
         },
@@ -306,17 +308,20 @@ class _Segmenter:
         self.model, self.upright = model, upright
         self.lock = threading.Lock() if _backend(model) == "litert" else None  # one interpreter
 
-    def png(self, data, name, output, *, tta, clicks=None, **finish):
+    def png(self, data, name, output, *, tta, clicks=None, start=None, **finish):
         image = decode_image(data, name, upright=self.upright)
         if clicks is not None:  # checked against the image as decoded, before the network runs
             clicks = _parsed_clicks(clicks, image.shape)
-        if self.model is None:  # labelling from clicks alone: no network, no probability
-            mask = correct_mask(image, None, clicks or [])
+        if start is not None:
+            start = _start_mask(start, name, image.shape)
+        if self.model is None or (start is not None and not clicks):
+            # From clicks alone (no network, no probability), or the starting mask as it is.
+            mask = correct_mask(image, None, clicks or [], start=start)
             return encode_png(render_output(output, image, mask.astype(np.float32), mask))
         options = {} if tta is None else {"tta": tta}
         with self.lock or contextlib.nullcontext():
             probability = predict_probability(self.model, image, **options)
-        mask = finish_mask(self.model, image, probability, **finish)
+        mask = finish_mask(self.model, image, probability, **finish) if start is None else start
         if clicks is not None:  # the mask the user saw, corrected where they clicked
             threshold = InferenceSettings.of(self.model).replace(
                 threshold=finish.get("threshold")).threshold
@@ -327,15 +332,27 @@ class _Segmenter:
         return png
 
 
-class _BadClicks(Exception):
-    pass
+class _BadField(Exception):
+    """A bad `clicks` or `start` field: the request's fault (400), not the image's (415)."""
 
 
 def _parsed_clicks(text, shape):
     try:
         return parse_clicks(text, shape)
-    except DataError as error:  # the request's fault (400), not the image's (415)
-        raise _BadClicks(str(error)) from None
+    except DataError as error:
+        raise _BadField(str(error)) from None
+
+
+def _start_mask(data, name, shape):
+    """The `start` field as a bool mask of the image's `shape`: foreground where its first
+    channel is above the midpoint, read as stored (a mask has no orientation of its own)."""
+    try:
+        size = decoded_shape(data, "start", upright=False)  # from the header, before decoding
+        if size == tuple(shape[:2]):
+            return np.asarray(decode_image(data, "start", upright=False))[..., 0] > 0.5
+    except DataError as error:
+        raise _BadField(str(error)) from None
+    raise _BadField(f"start: {size[1]}x{size[0]}, the image {name} is {shape[1]}x{shape[0]}")
 
 
 def _segment_endpoint(segmenter, max_pixels, limiter):
@@ -370,12 +387,19 @@ def _segment_endpoint(segmenter, max_pixels, limiter):
             "says its pixel is foreground (true) or background (false); with output mask, "
             "overlay or cutout",
         ),
+        start: UploadFile | None = File(
+            None, description="the mask the clicks correct instead of the model's (e.g. one "
+            "saved before): an image of the answer's size, foreground where its first channel "
+            "is above the midpoint; with output mask, overlay or cutout",
+        ),
     ):
         """Segment one uploaded image; the answer is a PNG of the requested kind."""
         if file is None:
             return _error(400, "no file: send the image as multipart form field 'file'")
         if clicks is not None and output == "prob":
             return _error(400, "clicks: take output=mask, overlay or cutout")
+        if start is not None and output == "prob":
+            return _error(400, "start: take output=mask, overlay or cutout")
         if segmenter.model is None and output == "prob":
             return _error(400, "output=prob: this server has no model (masks from clicks alone)")
         data = await file.read()
@@ -390,11 +414,19 @@ def _segment_endpoint(segmenter, max_pixels, limiter):
                        fill_holes=fill_holes, min_part=min_part, min_hole=min_hole)
         if clicks is not None:
             options["clicks"] = clicks
+        if start is not None:  # its size is checked against the image's once that is decoded
+            options["start"] = await start.read()
+            try:
+                _check_pixels(options["start"], "start", max_pixels)
+            except _TooManyPixels as error:
+                return _error(413, str(error))
+            except DataError as error:
+                return _error(400, str(error))
         try:
             png = await anyio.to_thread.run_sync(
                 lambda: segmenter.png(data, name, output, **options), limiter=limiter
             )
-        except _BadClicks as error:
+        except _BadField as error:
             return _error(400, str(error))
         except DataError as error:
             return _error(415, str(error))
