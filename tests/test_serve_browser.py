@@ -362,6 +362,55 @@ def test_a_folder_is_labelled_on_the_page_and_accept_writes_the_masks(labelling)
     assert sorted(path.name for path in (root / "masks").iterdir()) == ["a.png", "b.png"]
 
 
+def test_a_labelled_photograph_starts_from_its_saved_mask_and_clicks_correct_that(tmp_path):
+    root = tmp_path / "photos"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for name in ("a.png", "b.png"):
+        (root / "images" / name).write_bytes(encode_png(_image()))
+    saved = np.zeros((48, 64), bool)  # a strip along the left edge, unlike the model's mask
+    saved[4:30, :12] = True
+    (root / "masks" / "b.png").write_bytes(encode_png(saved))
+    keras.utils.set_random_seed(0)
+    model = build_model(base_filters=4, depth=2, full_resolution="residual")
+    upload = {"file": ("b.png", encode_png(_image()), "image/png")}
+    with _serving(create_app(model, label=root)) as url, _page(url) as page:
+        page.wait_for_function("document.getElementById('label-name').textContent === 'a.png'")
+        page.wait_for_selector("body[data-state=ready]", timeout=30_000)
+        models = _mask_on_page(page)  # no mask yet: the model's, on the same picture as b.png
+        assert (models != saved).sum() > 300 and not page.is_disabled("#threshold")
+        page.keyboard.press("n")
+        page.wait_for_function("document.getElementById('status').textContent"
+                               ".startsWith('b.png: 64 x 48, from its saved mask')", timeout=30_000)
+        np.testing.assert_array_equal(_mask_on_page(page), saved)
+        assert page.is_disabled("#threshold")  # the saved mask has no threshold to move
+        # A right-click in the saved strip corrects the saved mask: its pixel is background,
+        # and away from the strip nothing of the model's mask shows.
+        _click(page, 6, 14, button="right")
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('1 click;')",
+                               timeout=30_000)
+        corrected = _mask_on_page(page)
+        far = np.zeros_like(saved)
+        far[:, 16:] = True
+        assert not corrected[14, 6] and (models[far] != saved[far]).sum() > 300
+        np.testing.assert_array_equal(corrected[far], saved[far])
+        answer = httpx.post(f"{url}/api/segment", files={
+            **upload, "start": ("b.png", (root / "masks" / "b.png").read_bytes(), "image/png")},
+            data={"clicks": json.dumps([{"x": 6, "y": 14, "foreground": False}])})
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(answer.content))) > 127,
+                                      corrected)
+        page.keyboard.press("r")  # reset: back to the saved mask, not the model's
+        page.wait_for_function("document.getElementById('status').textContent"
+                               ".endsWith('from its saved mask')", timeout=30_000)
+        np.testing.assert_array_equal(_mask_on_page(page), saved)
+        page.keyboard.press("p")  # the photograph without a mask: the model's mask again
+        page.wait_for_function("document.getElementById('status').textContent === 'a.png: 64 x 48'",
+                               timeout=30_000)
+        np.testing.assert_array_equal(_mask_on_page(page), models)
+        assert not page.is_disabled("#threshold")
+    assert (root / "masks" / "b.png").read_bytes() == encode_png(saved)  # nothing was accepted
+
+
 def test_without_a_model_a_folder_is_labelled_from_clicks_alone(tmp_path):
     root = tmp_path / "photos"
     (root / "images").mkdir(parents=True)
