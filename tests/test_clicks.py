@@ -75,7 +75,7 @@ def test_no_foreground_click_without_a_probability_is_an_empty_mask():
     assert not correct_mask(image, None, [Click(5, 5, False), Click(70, 60, False)]).any()
 
 
-@pytest.mark.parametrize("missed", [0.2, 0.02])  # the network unsure, or sure and wrong
+@pytest.mark.parametrize("missed", [0.2, 0.4])  # the network unsure of the missed object
 def test_a_foreground_click_in_a_missed_object_recovers_it(missed):
     image, truth = _scene((45, 60, 25), (120, 60, 20))
     found = _disc((45, 60), 25)
@@ -94,6 +94,33 @@ def test_a_background_click_removes_a_false_object_and_nothing_else():
     mask = correct_mask(image, probability, [Click(120, 60, False)])
     assert np.count_nonzero(mask & wrong) < 0.2 * np.count_nonzero(wrong)
     np.testing.assert_array_equal(mask[~wrong], (probability > 0.5)[~wrong])
+
+
+def test_a_click_moves_the_boundary_where_the_network_was_least_sure():
+    # The mask is the left third; the middle third is unsure (probability 0.3), the right third
+    # sure background (0.001). A foreground click in the middle third, next to the mask, takes
+    # the unsure band near the click and leaves the sure one, whatever the image's colours.
+    image = np.full((HEIGHT, WIDTH, 3), 0.5, np.float32)
+    probability = np.full((HEIGHT, WIDTH), 0.001, np.float32)
+    probability[:, :50], probability[:, 50:100] = 0.99, 0.3
+    mask = correct_mask(image, probability, [Click(60, 60, True)])
+    assert not (mask & ~(probability > 0.5))[:, 100:].any()  # the sure background stays
+    assert mask[55:66, 50:90].all()  # the unsure band near the click joins the mask
+    assert not mask[:5, 60:100].any() and not mask[-5:, 60:100].any()  # and far from it not
+    np.testing.assert_array_equal(mask[:, :50], True)  # a foreground click removes nothing
+
+
+def test_a_background_click_shrinks_the_mask_only_near_it():
+    # A ramp: the probability falls from 1 to 0 across the image, the mask is its left half.
+    # A background click just inside the mask moves the boundary left near the click only.
+    image = np.full((HEIGHT, WIDTH, 3), 0.5, np.float32)
+    probability = np.tile(np.linspace(0.99, 0.01, WIDTH, dtype=np.float32), (HEIGHT, 1))
+    start = probability > 0.5
+    mask = correct_mask(image, probability, [Click(74, 60, False)])
+    assert not mask[60, 74:].any()
+    assert not (mask & ~start).any()  # a background click adds nothing
+    np.testing.assert_array_equal(mask[:, :40], True)
+    np.testing.assert_array_equal(mask[:15], start[:15])  # far from the click, as it was
 
 
 def test_without_clicks_the_starting_mask_is_kept():

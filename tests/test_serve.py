@@ -204,11 +204,11 @@ def test_a_start_mask_is_the_answer_without_clicks_and_what_clicks_correct(clien
     coloured = np.where(start[..., None], [128, 0, 255], [127, 255, 0]).astype(np.uint8)
     np.testing.assert_array_equal(
         _picture(_post_start(client, data, encode_png(coloured), clicks=[])) > 0, start)
-    # A click in the right disc, which the start leaves out: its pixel wins, and what is far
-    # from it (left half, and the top right block) keeps the start's value.
-    clicks = [{"x": 52, "y": 22, "foreground": True}]
+    # A click just below the top right block, where the start is background: its pixel wins,
+    # and what is far from it (the left half, and the block) keeps the start's value.
+    clicks = [{"x": 62, "y": 9, "foreground": True}]
     corrected = _picture(_post_start(client, data, encode_png(start), clicks)) > 0
-    assert corrected[22, 52]
+    assert corrected[9, 62]
     far = np.zeros_like(start)
     far[:, :35] = True
     far[:8, 60:] = True
@@ -216,7 +216,7 @@ def test_a_start_mask_is_the_answer_without_clicks_and_what_clicks_correct(clien
     # Without start the same click corrects the model's mask, which is not the start there.
     without = _picture(client.post("/api/segment", data={"clicks": json.dumps(clicks)},
                                    files={"file": ("scene.png", data, "image/png")})) > 0
-    assert without[22, 52] and (without[far] != start[far]).sum() > 50
+    assert without[9, 62] and (without[far] != start[far]).sum() > 50
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,15 @@
 """Corrections from clicks: a user's clicks on a mask's errors, and the mask they ask for.
 
 A click at `(x, y)` says "this pixel is foreground" (or background). `correct_mask` takes the
-network's probability as the starting point and the clicks as the user's word: GrabCut
-(Rother et al. 2004) relabels the image from its colours, seeded with the network's confident
-pixels, with the click's kind as the first guess around each click and a disc of sure labels
-at it, and its changes are kept only in the regions the clicks touch, so a click does not
-spoil a part of the mask the user did not point at. Every click's disc is then set to the
-click's label: a click always wins at its own pixel. `parse_clicks` reads the clicks a client
-sends as JSON.
+network's probability as the starting point and the clicks as the user's word. With a
+probability, each click moves the network's decision boundary along the probability's own
+contours: the logit is raised (or lowered) by a smooth bump centred on the click, just enough
+to put the click a margin inside the side it asks for, and as wide as the click is far from
+that side, so the mask grows (or shrinks) where the network was least sure, not by a disc.
+From the clicks alone (no network), GrabCut (Rother et al. 2004) relabels the image from its
+colours, seeded with discs of sure labels at the clicks, and its changes are kept only in the
+regions the clicks touch. Every click's disc is then set to the click's label: a click always
+wins at its own pixel. `parse_clicks` reads the clicks a client sends as JSON.
 """
 
 import json
@@ -23,17 +25,25 @@ __all__ = ["Click", "correct_mask", "MAX_CLICKS", "parse_clicks"]
 MAX_CLICKS = 100  # per request: more is not a correction but a drawing
 _FIELDS = ("x", "y", "foreground")
 
-# GrabCut runs on the image scaled so its longer side is at most CLICK_SIDE pixels (speed); a
-# click's disc of sure labels has a radius of CLICK_RADIUS of the image's diagonal, and at
-# least LEAST_RADIUS pixels at GrabCut's scale. Within CLICK_RELAX of the diagonal from a
-# click, GrabCut's first guess is the click's kind; probabilities beyond CLICK_SURE (or below
-# 1 - CLICK_SURE) are sure labels, except that near a click of the other kind, where the user
-# has just said the network was wrong. Chosen with `segment benchmark interactive` on
-# training images (docs/evaluation.md).
+# With a probability: a click's bump brings the logit (less the threshold's) at the click to
+# CLICK_MARGIN on the click's side; it is a Gaussian whose standard deviation is CLICK_REACH
+# times the click's distance from the nearest pixel of the mask on its side (at least
+# LEAST_REACH of the image's diagonal, and FAR_REACH where the mask has no such pixel).
+# Chosen on development photographs held out of training (docs/experiments.md, "Corrections
+# from clicks").
+CLICK_REACH = 2.0
+CLICK_MARGIN = 2.0
+LEAST_REACH = 0.01
+FAR_REACH = 0.1
+_LOGIT_CLIP = 1e-4  # probabilities of 0 and 1 have no logit
+_BUMP_END = 3.0  # standard deviations: beyond, a click changes nothing
+# Bumps, and GrabCut, are worked out on the image scaled so its longer side is at most
+# CLICK_SIDE pixels (speed); a click's disc of sure labels has a radius of CLICK_RADIUS of the
+# image's diagonal, and at least LEAST_RADIUS pixels at GrabCut's scale. Within CLICK_RELAX of
+# the diagonal from a click, GrabCut's first guess is the click's kind.
 CLICK_SIDE = 320
 CLICK_RADIUS = 0.015
 LEAST_RADIUS = 3
-CLICK_SURE = 0.95
 CLICK_RELAX = 0.1
 _ITERATIONS = 2  # a third changed nothing on the benchmark but the time
 _LEAST_PIXELS = 16  # GrabCut's colour models need samples on both sides
@@ -130,22 +140,32 @@ def correct_mask(image, probability, clicks, *, threshold=0.5, radius=None, star
     """The mask of `image` corrected by the user's `clicks`.
 
     The network's probability is the starting point (`probability > threshold`, or `start`)
-    and the clicks are the user's word. GrabCut runs on the image scaled so that its longer
-    side is at most `CLICK_SIDE`, seeded with the clicks' discs as sure labels, the network's
-    confident pixels (beyond `CLICK_SURE`) as sure labels too unless a click of the other kind
-    is near (within `CLICK_RELAX` of the diagonal), and the rest as probable foreground or
-    background: the starting mask's label, or near a click the click's. Its result, scaled
-    back, replaces the starting mask only in the connected regions of change that a click's
-    disc touches. Last, every click's disc, then every click's pixel, is set to the click's
-    label, later clicks over earlier ones: a click always wins at its own pixel. Seeded, so
-    the same input always gives the same mask.
+    and the clicks are the user's word. The work is done on the image scaled so that its
+    longer side is at most `CLICK_SIDE`:
+
+    - With a probability, the clicks move the boundary, in the order given: a click on the
+      side it asks for already changes nothing; otherwise the logit (less the threshold's,
+      each pixel on the starting mask's side) gets a Gaussian bump at the click that brings
+      the click `CLICK_MARGIN` inside its side, with a standard deviation of `CLICK_REACH`
+      times the click's distance from the nearest pixel already on its side, cut off at
+      three standard deviations. The mask grows or shrinks along the probability's contours,
+      where the network was least sure, and nowhere beyond the cut-off. Where the starting
+      mask overrules the network (a finished or saved mask), its pixels count as surely on
+      their side as a click.
+    - From the clicks alone, GrabCut is seeded with the clicks' discs as sure labels, the
+      surroundings of each click (within `CLICK_RELAX` of the diagonal) as probably the
+      click's kind, and the rest as the starting mask says; its result replaces the starting
+      mask only in the connected regions of change that a click's disc touches. Seeded, so
+      the same input always gives the same mask.
+
+    Last, every click's disc, then every click's pixel, is set to the click's label, later
+    clicks over earlier ones: a click always wins at its own pixel.
 
     Args:
         image: float `(height, width, 3)` RGB in [0, 1], or gray `(height, width)`.
         probability: float `(height, width)` foreground probabilities in [0, 1], or None to
-            work from the clicks alone: everything probable background but the surroundings
-            of the foreground clicks, probable foreground (no foreground click: an empty
-            mask).
+            work from the clicks alone with GrabCut (no foreground click and no starting
+            mask: an empty mask).
         clicks: `Click`s in the image's own pixels, in the order the user gave them.
         threshold: foreground above this probability. Defaults to 0.5.
         radius: the radius of a click's disc, in the image's pixels. Defaults to
@@ -172,17 +192,53 @@ def correct_mask(image, probability, clicks, *, threshold=0.5, radius=None, star
     scale = small_shape[0] / shape[0], small_shape[1] / shape[1]
     small_clicks = [_scaled_click(click, scale, small_shape) for click in clicks]
     small_radius = max(LEAST_RADIUS, round(radius * min(scale)))
-    small_start = _scaled_mask(start, small_shape)
-    small_probability = None if probability is None else _scaled(probability, small_shape)
-    labels = _seeds(small_start, small_probability, small_clicks, small_radius, threshold)
-    cut = _grabcut(_scaled(image, small_shape), labels)
-    mask = start.copy()
-    if cut is not None:
-        touched = _touched_changes(cut, small_start, small_clicks, small_radius)
-        replace = _scaled_mask(touched, shape)
-        mask[replace] = _scaled_mask(cut, shape)[replace]
+    if probability is not None:
+        mask = _moved_boundary(probability, start, small_clicks, small_shape, threshold)
+    else:
+        small_start = _scaled_mask(start, small_shape)
+        labels = _seeds(small_start, small_clicks, small_radius)
+        cut = _grabcut(_scaled(image, small_shape), labels)
+        mask = start.copy()
+        if cut is not None:
+            touched = _touched_changes(cut, small_start, small_clicks, small_radius)
+            replace = _scaled_mask(touched, shape)
+            mask[replace] = _scaled_mask(cut, shape)[replace]
     _paint_clicks(mask, clicks, round(radius))
     return mask
+
+
+def _moved_boundary(probability, start, clicks, small_shape, threshold):
+    """The starting mask with its boundary moved by each click's bump of the logit (see
+    `correct_mask`); `clicks` at the scale of `small_shape`, where the bumps are worked out."""
+    probability = np.clip(probability, _LOGIT_CLIP, 1 - _LOGIT_CLIP)
+    logit = np.log(probability / (1 - probability)) - _logit(threshold)
+    # The starting mask (finished, or saved by the user) says which side each pixel is on;
+    # where it overrules the network, as surely as a click's margin.
+    overruled = (logit > 0) != start
+    logit[overruled] = np.where(start[overruled], CLICK_MARGIN, -CLICK_MARGIN)
+    small = _scaled(logit.astype(np.float32), small_shape)
+    bumps = np.zeros(small_shape, np.float32)
+    diagonal = float(np.hypot(*small_shape))
+    rows, columns = (np.arange(size, dtype=np.float32) for size in small_shape)
+    for click in clicks:
+        value = small[click.y, click.x] + bumps[click.y, click.x]
+        if (value > 0) == click.foreground:
+            continue
+        side = (small + bumps > 0) == click.foreground
+        distance = FAR_REACH * diagonal
+        if side.any():  # to the nearest pixel on the click's side
+            distance = cv2.distanceTransform((~side).view(np.uint8), cv2.DIST_L2,
+                                             cv2.DIST_MASK_5)[click.y, click.x]
+        sigma = max(CLICK_REACH * float(distance), LEAST_REACH * diagonal)
+        height = CLICK_MARGIN - value if click.foreground else -(value + CLICK_MARGIN)
+        squared = (((rows - click.y) / sigma) ** 2)[:, None] + ((columns - click.x) / sigma) ** 2
+        bumps += np.where(squared < _BUMP_END**2, height * np.exp(-0.5 * squared), 0)
+    return logit + _scaled(bumps, start.shape) > 0
+
+
+def _logit(probability):
+    probability = min(max(float(probability), _LOGIT_CLIP), 1 - _LOGIT_CLIP)
+    return float(np.log(probability / (1 - probability)))
 
 
 def _starting_point(probability, start, shape, threshold):
@@ -234,22 +290,16 @@ def _discs(shape, clicks, radius, foreground):
     return canvas.view(bool)
 
 
-def _seeds(start, probability, clicks, radius, threshold):
+def _seeds(start, clicks, radius):
     """GrabCut's starting labels: probable foreground or background as the starting mask says,
     but the click's kind near a click, where the user has just said the mask is wrong (so
-    GrabCut's colour models learn the colours there as the click's); sure where the network is
-    confident and no click of the other kind is near; sure in the clicks' discs."""
+    GrabCut's colour models learn the colours there as the click's); sure in the clicks'
+    discs."""
     labels = np.where(start, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
     relax = max(radius, round(CLICK_RELAX * float(np.hypot(*start.shape))))
     for click in clicks:  # later clicks over earlier ones
         label = cv2.GC_PR_FGD if click.foreground else cv2.GC_PR_BGD
         cv2.circle(labels, (click.x, click.y), relax, label, thickness=-1)
-    if probability is not None:
-        sure = max(CLICK_SURE, threshold)
-        near_background = _discs(start.shape, clicks, relax, foreground=False)
-        near_foreground = _discs(start.shape, clicks, relax, foreground=True)
-        labels[start & (probability > sure) & ~near_background] = cv2.GC_FGD
-        labels[~start & (probability < 1 - sure) & ~near_foreground] = cv2.GC_BGD
     for click in clicks:
         label = cv2.GC_FGD if click.foreground else cv2.GC_BGD
         cv2.circle(labels, (click.x, click.y), radius, label, thickness=-1)
