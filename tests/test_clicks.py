@@ -243,7 +243,8 @@ def test_the_benchmark_end_to_end(tmp_path, capsys):
     keras.utils.set_random_seed(0)
     model_path = tmp_path / "m.keras"
     build_model(base_filters=4, depth=2, inference={"tta": False}).save(model_path)
-    for extra, methods in (([], {"grabcut"}), (["--model", str(model_path)], {"model", "grabcut"})):
+    for extra, methods in (([], {"grabcut"}), (["--model", str(model_path)], {"model", "grabcut"}),
+                           (["--model", str(model_path), "--no-grabcut"], {"model"})):
         out = tmp_path / f"out{len(extra)}"
         code = benchmark_main(["--data", str(tmp_path / "data"), "--max-clicks", "3",
                                "--out", str(out), *extra])
@@ -257,9 +258,12 @@ def test_the_benchmark_end_to_end(tmp_path, capsys):
             assert len(figures["mean_iou_by_clicks"]) == 4
         rows = list(csv.DictReader(io.StringIO((out / "per_image.csv").read_text())))
         assert len(rows) == 4 * len(methods)
-        assert "| grabcut |" in (out / "report.md").read_text()
+        assert ("| grabcut |" in (out / "report.md").read_text()) == ("grabcut" in methods)
     assert "NoC@85" in capsys.readouterr().out
     assert benchmark_main(["--data", str(tmp_path / "nowhere")]) == 2
+    with pytest.raises(SystemExit) as exit_info:  # nothing left to run
+        benchmark_main(["--data", str(tmp_path / "data"), "--no-grabcut"])
+    assert exit_info.value.code == 2 and "nothing to run" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ the HTTP API

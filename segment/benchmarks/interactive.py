@@ -75,6 +75,8 @@ def build_parser(prog=None):
              "method runs")
     add("--server", default=None, metavar="URL",
         help="also (or, without --model, only) a running serve.py at URL, through its API")
+    add("--no-grabcut", dest="grabcut", action="store_false",
+        help="leave out the clicks-alone method (GrabCut), which takes most of the time")
     add("--max-clicks", type=positive, default=20, metavar="N", help="clicks per image")
     add("--limit", type=positive, default=None, metavar="N",
         help="the first N images (default: all)")
@@ -84,10 +86,11 @@ def build_parser(prog=None):
     return parser
 
 
-def methods_for(model, server=None):
+def methods_for(model, server=None, *, grabcut=True):
     """Methods by name, each `(image, path) -> segmenter(image, clicks) -> bool mask`:
     whatever the image alone gives (the network's probability) is computed once, outside the
-    clicks; `server`'s answers are all requests."""
+    clicks; `server`'s answers are all requests; `grabcut=False` leaves the clicks-alone
+    method out."""
     methods = {}
     if model is not None:
         threshold = InferenceSettings.of(model).threshold
@@ -99,8 +102,9 @@ def methods_for(model, server=None):
                                                       threshold=threshold, start=start)
 
         methods["model"] = corrected_model
-    methods["grabcut"] = lambda image, path: (
-        lambda image, clicks: correct_mask(image, None, clicks))
+    if grabcut:
+        methods["grabcut"] = lambda image, path: (
+            lambda image, clicks: correct_mask(image, None, clicks))
     if server is not None:
         methods["server"] = _server_method(server)
     return methods
@@ -234,12 +238,16 @@ def write_outputs(out, report, rows, table, settings):
 
 
 def main(argv=None, prog=None) -> int:
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if not args.grabcut and args.model is None and args.server is None:
+        parser.error("--no-grabcut leaves nothing to run without --model or --server")
     try:
         folder = evaluation_folder(args.data)
         pairs = find_pairs(folder)[: args.limit]
         model = None if args.model is None else load_segmenter(args.model)
-        rows = run_images(methods_for(model, args.server), pairs, args.max_clicks)
+        rows = run_images(methods_for(model, args.server, grabcut=args.grabcut), pairs,
+                          args.max_clicks)
     except DataError as error:
         return fail(error)
     report = interactive_report(rows, args.max_clicks)
