@@ -158,8 +158,8 @@ def correct_mask(image, probability, clicks, *, threshold=0.5, radius=None, star
       mask only in the connected regions of change that a click's disc touches. Seeded, so
       the same input always gives the same mask.
 
-    Last, every click's disc, then every click's pixel, is set to the click's label, later
-    clicks over earlier ones: a click always wins at its own pixel.
+    Last, every click's pixel (from the clicks alone, first its disc) is set to the click's
+    label, later clicks over earlier ones: a click always wins at its own pixel.
 
     Args:
         image: float `(height, width, 3)` RGB in [0, 1], or gray `(height, width)`.
@@ -168,9 +168,9 @@ def correct_mask(image, probability, clicks, *, threshold=0.5, radius=None, star
             mask: an empty mask).
         clicks: `Click`s in the image's own pixels, in the order the user gave them.
         threshold: foreground above this probability. Defaults to 0.5.
-        radius: the radius of a click's disc, in the image's pixels. Defaults to
-            `CLICK_RADIUS` of the image's diagonal; GrabCut's seeds are at least
-            `LEAST_RADIUS` pixels at its scale.
+        radius: the radius of a click's disc of sure labels from the clicks alone (GrabCut),
+            in the image's pixels. Defaults to `CLICK_RADIUS` of the image's diagonal;
+            GrabCut's seeds are at least `LEAST_RADIUS` pixels at its scale.
         start: bool `(height, width)`: the mask the user corrects, e.g. `finish_mask`'s.
             Defaults to `probability > threshold` (empty without a probability).
 
@@ -194,15 +194,16 @@ def correct_mask(image, probability, clicks, *, threshold=0.5, radius=None, star
     small_radius = max(LEAST_RADIUS, round(radius * min(scale)))
     if probability is not None:
         mask = _moved_boundary(probability, start, small_clicks, small_shape, threshold)
-    else:
-        small_start = _scaled_mask(start, small_shape)
-        labels = _seeds(small_start, small_clicks, small_radius)
-        cut = _grabcut(_scaled(image, small_shape), labels)
-        mask = start.copy()
-        if cut is not None:
-            touched = _touched_changes(cut, small_start, small_clicks, small_radius)
-            replace = _scaled_mask(touched, shape)
-            mask[replace] = _scaled_mask(cut, shape)[replace]
+        _paint_clicks(mask, clicks, 0)  # a disc would overshoot a thin error
+        return mask
+    small_start = _scaled_mask(start, small_shape)
+    labels = _seeds(small_start, small_clicks, small_radius)
+    cut = _grabcut(_scaled(image, small_shape), labels)
+    mask = start.copy()
+    if cut is not None:
+        touched = _touched_changes(cut, small_start, small_clicks, small_radius)
+        replace = _scaled_mask(touched, shape)
+        mask[replace] = _scaled_mask(cut, shape)[replace]
     _paint_clicks(mask, clicks, round(radius))
     return mask
 
