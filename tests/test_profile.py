@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from segment.benchmarks.profile import main, sum_onednn_log
+from segment.benchmarks.profile import main, sum_onednn_convolutions, sum_onednn_log
 
 pytestmark = pytest.mark.slow  # a few compiled models
 
@@ -22,6 +22,27 @@ def test_onednn_lines_are_summed_per_kernel_after_the_warm_up():
     assert sum_onednn_log(lines, steps=2) == {
         "convolution brg_conv_fwd:avx512_core_bf16": {"ms_per_step": 2.0, "calls_per_step": 1.0},
         "reorder jit:uni": {"ms_per_step": 0.25, "calls_per_step": 0.5},
+    }
+
+
+def test_onednn_convolutions_are_summed_per_pass_with_their_flops():
+    head = "onednn_verbose,v1,primitive,exec,cpu,convolution,brg:avx512_core_bf16,"
+    lines = [
+        "--- timed steps ---",
+        head + "forward_training,src:bf16,alg:convolution_direct,"
+        "mb8_ic16oc32_ih64oh64kh3sh1dh0ph1_iw64ow64kw3sw1dw0pw1,2.0",
+        head + "backward_weights,src:bf16,alg:convolution_direct,"
+        "mb8_ic16oc32_ih64oh64kh3sh1dh0ph1_iw64ow64kw3sw1dw0pw1,6.0",
+        head + "forward_training,src:bf16,alg:convolution_direct,"
+        "g2mb1_ic8oc8_ih10oh10kh1sh1dh0ph0_iw10ow10kw1sw1dw0pw0,0.5",
+        "onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,x,0.5",
+    ]
+    # 2 FLOP x batch 8 x 64 x 64 outputs x 32 channels x 16 inputs x 3 x 3 = 301,989,888;
+    # the grouped 1x1: 2 x 10 x 10 x 8 x (8 / 2) = 6,400.
+    assert sum_onednn_convolutions(lines, steps=2) == {
+        "backward (weights) 3x3": {"ms_per_step": 3.0, "gflop_per_step": 0.151, "gflops": 50},
+        "forward 3x3": {"ms_per_step": 1.0, "gflop_per_step": 0.151, "gflops": 151},
+        "forward 1x1": {"ms_per_step": 0.25, "gflop_per_step": 0.0, "gflops": 0},
     }
 
 

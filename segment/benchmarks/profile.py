@@ -23,6 +23,7 @@ import collections
 import dataclasses
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -125,15 +126,16 @@ def measure(config, *, steps, repeats):
 
 
 def onednn_kernels(config, *, steps):
-    """oneDNN's verbose log of `steps` training steps in a child process, summed: milliseconds
-    and calls per (primitive kind, implementation)."""
+    """oneDNN's verbose log of `steps` training steps in a child process, summed:
+    `(sum_onednn_log, sum_onednn_convolutions)` of it."""
     code = ("import json, sys; from segment.benchmarks.profile import _child_steps; "
             "_child_steps(json.loads(sys.argv[1]), int(sys.argv[2]))")
     environment = {**os.environ, "ONEDNN_VERBOSE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     output = subprocess.run(
         [sys.executable, "-c", code, json.dumps(dataclasses.asdict(config)), str(steps)],
         env=environment, text=True, capture_output=True, check=True).stdout
-    return sum_onednn_log(output.splitlines(), steps)
+    lines = output.splitlines()
+    return sum_onednn_log(lines, steps), sum_onednn_convolutions(lines, steps)
 
 
 def sum_onednn_log(lines, steps):
@@ -158,6 +160,39 @@ def sum_onednn_log(lines, steps):
             sorted(totals.items(), key=lambda item: -item[1][0])}
 
 
+# oneDNN's convolution problem descriptor, e.g. mb8_ic16oc32_ih64oh64kh3sh1dh0ph1_iw64ow64kw3...
+_PASSES = {"forward_training": "forward", "forward_inference": "forward",
+           "backward_data": "backward (data)", "backward_weights": "backward (weights)"}
+_PROBLEM = re.compile(r"(?:g(\d+))?mb(\d+)_ic(\d+)oc(\d+)_.*?oh(\d+)kh(\d+).*?ow(\d+)kw(\d+)")
+
+
+def sum_onednn_convolutions(lines, steps):
+    """Convolutions in oneDNN verbose `lines` after `--- timed steps ---`, per pass (forward,
+    backward to the data, backward to the weights) and kernel size: milliseconds, GFLOP (a
+    multiply-add counted as two, from each call's problem descriptor) and GFLOP/s, per step."""
+    totals = collections.defaultdict(lambda: [0.0, 0.0])
+    timing = False
+    for line in lines:
+        if line == "--- timed steps ---":
+            timing = True
+        fields = line.split(",")
+        if not timing or not line.startswith("onednn_verbose") or "exec" not in fields:
+            continue
+        at = fields.index("exec")
+        problem = _PROBLEM.search(fields[-2])
+        if fields[at + 2] != "convolution" or problem is None:
+            continue
+        groups, batch, inputs, outputs, height, kh, width, kw = (
+            int(value) if value else 1 for value in problem.groups())
+        flops = 2 * batch * height * width * outputs * (inputs // groups) * kh * kw
+        key = f"{_PASSES.get(fields[at + 4], fields[at + 4])} {kh}x{kw}"
+        totals[key][0] += float(fields[-1])
+        totals[key][1] += flops
+    return {key: {"ms_per_step": round(ms / steps, 2),
+                  "gflop_per_step": round(flops / steps / 1e9, 3), "gflops": round(flops / ms / 1e6)}
+            for key, (ms, flops) in sorted(totals.items(), key=lambda item: -item[1][0])}
+
+
 def _child_steps(settings, steps):
     config = TrainConfig(**settings)
     with precision(config.mixed_precision):
@@ -171,7 +206,7 @@ def _child_steps(settings, steps):
         print("--- done ---", flush=True)
 
 
-def report(config, seconds, kernels=None):
+def report(config, seconds, kernels=None, convolutions=None):
     """The Markdown table, and the figures as a dict."""
     flops = 3 * forward_flops(
         {"base_filters": config.base_filters, "depth": config.depth,
@@ -215,10 +250,16 @@ def report(config, seconds, kernels=None):
                   "|---|---|---|"]
         lines += [f"| {name} | {value['ms_per_step']} | {value['calls_per_step']} |"
                   for name, value in kernels.items()]
+    if convolutions:
+        lines += ["", "| oneDNN convolutions, pass and kernel | ms per step | GFLOP per step | "
+                  "GFLOP/s |", "|---|---|---|---|"]
+        lines += [f"| {name} | {value['ms_per_step']} | {value['gflop_per_step']} | "
+                  f"{value['gflops']} |" for name, value in convolutions.items()]
     figures = {"config": {k: getattr(config, k) for k in ("size", "batch_size", "base_filters",
                                                            "depth", "mixed_precision")},
                "seconds": seconds, "derived_seconds": derived, "gflop_per_step": flops / 1e9,
-               "gflops": gflops, "machine": peak, "onednn": kernels}
+               "gflops": gflops, "machine": peak, "onednn": kernels,
+               "onednn_convolutions": convolutions}
     return "\n".join(lines), figures
 
 
@@ -245,8 +286,9 @@ def main(argv=None, prog=None) -> int:
     config = _config(args.quick)
     with precision(config.mixed_precision):
         seconds = measure(config, steps=args.steps, repeats=args.repeats)
-    kernels = onednn_kernels(config, steps=args.steps) if args.onednn else None
-    table, figures = report(config, seconds, kernels)
+    kernels, convolutions = (onednn_kernels(config, steps=args.steps) if args.onednn
+                             else (None, None))
+    table, figures = report(config, seconds, kernels, convolutions)
     print(table)
     if args.json:
         with open(args.json, "w") as file:
