@@ -138,19 +138,23 @@ def onednn_kernels(config, *, steps):
     return sum_onednn_log(lines, steps), sum_onednn_convolutions(lines, steps)
 
 
-def sum_onednn_log(lines, steps):
-    """Milliseconds and calls per step for each (primitive kind, implementation) in oneDNN
-    verbose `lines` (`onednn_verbose,...,exec,cpu,KIND,IMPLEMENTATION,...,MS`) after the
-    line `--- timed steps ---`, sorted by time."""
-    totals = collections.defaultdict(lambda: [0.0, 0])
+def _timed_calls(lines):
+    """`(fields, index of "exec")` of each oneDNN kernel call after `--- timed steps ---`."""
     timing = False
     for line in lines:
         if line == "--- timed steps ---":
             timing = True
         fields = line.split(",")
-        if not timing or not line.startswith("onednn_verbose") or "exec" not in fields:
-            continue
-        at = fields.index("exec")
+        if timing and line.startswith("onednn_verbose") and "exec" in fields:
+            yield fields, fields.index("exec")
+
+
+def sum_onednn_log(lines, steps):
+    """Milliseconds and calls per step for each (primitive kind, implementation) in oneDNN
+    verbose `lines` (`onednn_verbose,...,exec,cpu,KIND,IMPLEMENTATION,...,MS`) after the
+    line `--- timed steps ---`, sorted by time."""
+    totals = collections.defaultdict(lambda: [0.0, 0])
+    for fields, at in _timed_calls(lines):
         kind, implementation = fields[at + 2], fields[at + 3]
         totals[(kind, implementation)][0] += float(fields[-1])
         totals[(kind, implementation)][1] += 1
@@ -171,14 +175,7 @@ def sum_onednn_convolutions(lines, steps):
     backward to the data, backward to the weights) and kernel size: milliseconds, GFLOP (a
     multiply-add counted as two, from each call's problem descriptor) and GFLOP/s, per step."""
     totals = collections.defaultdict(lambda: [0.0, 0.0])
-    timing = False
-    for line in lines:
-        if line == "--- timed steps ---":
-            timing = True
-        fields = line.split(",")
-        if not timing or not line.startswith("onednn_verbose") or "exec" not in fields:
-            continue
-        at = fields.index("exec")
+    for fields, at in _timed_calls(lines):
         problem = _PROBLEM.search(fields[-2])
         if fields[at + 2] != "convolution" or problem is None:
             continue
