@@ -8,8 +8,8 @@ to put the click a margin inside the side it asks for, and as wide as the click 
 that side, so the mask grows (or shrinks) where the network was least sure, not by a disc.
 From the clicks alone (no network), GrabCut (Rother et al. 2004) relabels the image from its
 colours, seeded with discs of sure labels at the clicks, and its changes are kept only in the
-regions the clicks touch. Every click's disc is then set to the click's label: a click always
-wins at its own pixel. `parse_clicks` reads the clicks a client sends as JSON.
+regions the clicks touch, then the discs are set to the clicks' labels. A click always wins
+at its own pixel. `parse_clicks` reads the clicks a client sends as JSON.
 """
 
 import json
@@ -187,15 +187,15 @@ def correct_mask(image, probability, clicks, *, threshold=0.5, radius=None, star
     clicks = _checked(clicks, shape)
     if not clicks:
         return start.copy()
-    radius = default_radius(shape) if radius is None else float(radius)
     small_shape = scaled_shape(shape, CLICK_SIDE) if max(shape) > CLICK_SIDE else shape
     scale = small_shape[0] / shape[0], small_shape[1] / shape[1]
     small_clicks = [_scaled_click(click, scale, small_shape) for click in clicks]
-    small_radius = max(LEAST_RADIUS, round(radius * min(scale)))
     if probability is not None:
         mask = _moved_boundary(probability, start, small_clicks, small_shape, threshold)
         _paint_clicks(mask, clicks, 0)  # a disc would overshoot a thin error
         return mask
+    radius = default_radius(shape) if radius is None else float(radius)
+    small_radius = max(LEAST_RADIUS, round(radius * min(scale)))
     small_start = _scaled_mask(start, small_shape)
     labels = _seeds(small_start, small_clicks, small_radius)
     cut = _grabcut(_scaled(image, small_shape), labels)
