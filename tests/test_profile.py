@@ -56,3 +56,14 @@ def test_the_quick_profile_times_every_part(tmp_path, capsys):
     assert all(seconds > 0 for seconds in figures["seconds"].values())
     assert figures["gflop_per_step"] > 0
     assert "| fit on the stream |" in capsys.readouterr().out
+    # Twice the width: four times the convolutions' work, but for the 3-channel stem and the
+    # 1-channel head, which only double.
+    wider = tmp_path / "wider.json"
+    assert main(["--quick", "--steps", "1", "--repeats", "1", "--base-filters", "8",
+                 "--json", str(wider)]) == 0
+    ratio = json.loads(wider.read_text())["gflop_per_step"] / figures["gflop_per_step"]
+    assert 3.5 < ratio < 4, ratio
+    assert json.loads(wider.read_text())["config"]["base_filters"] == 8
+    with pytest.raises(SystemExit):
+        main(["--depth", "0"])
+    assert "--depth must be at least 1, got 0" in capsys.readouterr().err

@@ -44,14 +44,17 @@ EPILOG = """\
 examples:
   python -m segment benchmark profile                  # the default synthetic network, ~3 minutes
   python -m segment benchmark profile --onednn --json profile.json
+  python -m segment benchmark profile --base-filters 32   # a wider network than the default
   python -m segment benchmark profile --quick          # tiny sizes, seconds (the test suite)
 """
 
 
-def _config(quick):
+def _config(quick, base_filters=None, depth=None):
     config = TrainConfig(epochs=1, steps_per_epoch=10)
     if quick:
         config.size, config.base_filters, config.depth, config.batch_size = 32, 4, 2, 2
+    config.base_filters = base_filters or config.base_filters
+    config.depth = depth or config.depth
     return resolve_config(config, None)
 
 
@@ -212,7 +215,8 @@ def report(config, seconds, kernels=None, convolutions=None):
     peak = cpu_peak()
     step = seconds["fit on the stream"]
     lines = [
-        f"Training step of the default network: {config.size}x{config.size}, batch "
+        f"Training step of the network (base filters {config.base_filters}, depth "
+        f"{config.depth}): {config.size}x{config.size}, batch "
         f"{config.batch_size}, {'bfloat16' if config.mixed_precision else 'float32'}; "
         f"{peak['model']}, {peak['cores']} cores, {peak['simd']}",
         "",
@@ -269,6 +273,11 @@ def build_parser(prog=None):
                         help="interleaved rounds; the median is reported")
     parser.add_argument("--onednn", action="store_true",
                         help="also sum oneDNN's verbose log over the steps, per kernel")
+    parser.add_argument("--base-filters", type=int, metavar="N",
+                        help="the network's first width, doubling at each level (default: "
+                             "train.py's)")
+    parser.add_argument("--depth", type=int, metavar="N",
+                        help="the network's downsampling levels (default: train.py's)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (the test suite)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     return parser
@@ -277,10 +286,11 @@ def build_parser(prog=None):
 def main(argv=None, prog=None) -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    for name in ("steps", "repeats"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
-    config = _config(args.quick)
+    for name in ("steps", "repeats", "base_filters", "depth"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    config = _config(args.quick, args.base_filters, args.depth)
     with precision(config.mixed_precision):
         seconds = measure(config, steps=args.steps, repeats=args.repeats)
     kernels, convolutions = (onednn_kernels(config, steps=args.steps) if args.onednn
