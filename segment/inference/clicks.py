@@ -211,8 +211,7 @@ def correct_mask(image, probability, clicks, *, threshold=0.5, radius=None, star
 def _moved_boundary(probability, start, clicks, small_shape, threshold):
     """The starting mask with its boundary moved by each click's bump of the logit (see
     `correct_mask`); `clicks` at the scale of `small_shape`, where the bumps are worked out."""
-    probability = np.clip(probability, _LOGIT_CLIP, 1 - _LOGIT_CLIP)
-    logit = np.log(probability / (1 - probability)) - _logit(threshold)
+    logit = _logit(probability) - float(_logit(threshold))  # a Python float keeps float32
     # The starting mask (finished, or saved by the user) says which side each pixel is on;
     # where it overrules the network, as surely as a click's margin.
     overruled = (logit > 0) != start
@@ -238,8 +237,9 @@ def _moved_boundary(probability, start, clicks, small_shape, threshold):
 
 
 def _logit(probability):
-    probability = min(max(float(probability), _LOGIT_CLIP), 1 - _LOGIT_CLIP)
-    return float(np.log(probability / (1 - probability)))
+    """`log(p / (1 - p))` of a probability or an array of them, clipped away from 0 and 1."""
+    probability = np.clip(probability, _LOGIT_CLIP, 1 - _LOGIT_CLIP)
+    return np.log(probability / (1 - probability))
 
 
 def _starting_point(probability, start, shape, threshold):
