@@ -403,6 +403,21 @@ def test_a_labelled_photograph_starts_from_its_saved_mask_and_clicks_correct_tha
         page.wait_for_function("document.getElementById('status').textContent"
                                ".endsWith('from its saved mask')", timeout=30_000)
         np.testing.assert_array_equal(_mask_on_page(page), saved)
+        # Setting the saved mask aside: the model's mask, its slider back, and clicks correct
+        # the model's mask as the API does without a start; the saved file is untouched.
+        assert page.is_visible("#label-unsaved")
+        page.click("#label-unsaved")
+        page.wait_for_function("document.getElementById('status').textContent === 'b.png: 64 x 48'",
+                               timeout=30_000)
+        np.testing.assert_array_equal(_mask_on_page(page), models)
+        assert not page.is_disabled("#threshold") and not page.is_visible("#label-unsaved")
+        _click(page, 6, 14, button="right")
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('1 click;')",
+                               timeout=30_000)
+        answer = httpx.post(f"{url}/api/segment", files=upload,
+                            data={"clicks": json.dumps([{"x": 6, "y": 14, "foreground": False}])})
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(answer.content))) > 127,
+                                      _mask_on_page(page))
         page.keyboard.press("p")  # the photograph without a mask: the model's mask again
         page.wait_for_function("document.getElementById('status').textContent === 'a.png: 64 x 48'",
                                timeout=30_000)
