@@ -64,6 +64,17 @@ def test_the_quick_profile_times_every_part(tmp_path, capsys):
     ratio = json.loads(wider.read_text())["gflop_per_step"] / figures["gflop_per_step"]
     assert 3.5 < ratio < 4, ratio
     assert json.loads(wider.read_text())["config"]["base_filters"] == 8
+    # Twice the batch and twice the side: eight times the work, every convolution's.
+    bigger = tmp_path / "bigger.json"
+    assert main(["--quick", "--steps", "1", "--repeats", "1", "--batch-size", "4",
+                 "--size", "64", "--json", str(bigger)]) == 0
+    bigger = json.loads(bigger.read_text())
+    assert bigger["gflop_per_step"] == pytest.approx(8 * figures["gflop_per_step"])
+    assert (bigger["config"]["batch_size"], bigger["config"]["size"]) == (4, 64)
+    assert bigger["images_per_second"] == pytest.approx(4 / bigger["seconds"]["fit on the stream"])
     with pytest.raises(SystemExit):
         main(["--depth", "0"])
     assert "--depth must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--quick", "--size", "30"])
+    assert "--size must be a multiple of 4 (2 ** depth), got 30" in capsys.readouterr().err

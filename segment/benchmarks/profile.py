@@ -45,16 +45,19 @@ examples:
   python -m segment benchmark profile                  # the default synthetic network, ~3 minutes
   python -m segment benchmark profile --onednn --json profile.json
   python -m segment benchmark profile --base-filters 32   # a wider network than the default
+  python -m segment benchmark profile --batch-size 4 --size 96   # smaller steps
   python -m segment benchmark profile --quick          # tiny sizes, seconds (the test suite)
 """
 
 
-def _config(quick, base_filters=None, depth=None):
+def _config(quick, **changes):
+    """train.py's configuration (tiny with `quick`), with the changes given that are not None."""
     config = TrainConfig(epochs=1, steps_per_epoch=10)
     if quick:
         config.size, config.base_filters, config.depth, config.batch_size = 32, 4, 2, 2
-    config.base_filters = base_filters or config.base_filters
-    config.depth = depth or config.depth
+    for name, value in changes.items():
+        if value is not None:
+            setattr(config, name, value)
     return resolve_config(config, None)
 
 
@@ -241,7 +244,7 @@ def report(config, seconds, kernels=None, convolutions=None):
     lines += [
         "",
         f"Convolution FLOPs per step (forward counted, backward as twice it): {flops / 1e9:.1f} "
-        f"GFLOP; {gflops:.0f} GFLOP/s in fit, "
+        f"GFLOP; {gflops:.0f} GFLOP/s and {config.batch_size / step:.1f} images/s in fit, "
         f"{flops / seconds['forward + loss + gradients'] / 1e9:.0f} GFLOP/s in the gradient "
         f"pass alone; nominal float32 peak {peak['peak_gflops_fp32']:.0f} GFLOP/s "
         f"({peak['flops_per_cycle_per_core']} FLOP/cycle/core at {peak['nominal_ghz']:.2f} GHz).",
@@ -259,7 +262,7 @@ def report(config, seconds, kernels=None, convolutions=None):
     figures = {"config": {k: getattr(config, k) for k in ("size", "batch_size", "base_filters",
                                                            "depth", "mixed_precision")},
                "seconds": seconds, "derived_seconds": derived, "gflop_per_step": flops / 1e9,
-               "gflops": gflops, "machine": peak, "onednn": kernels,
+               "gflops": gflops, "images_per_second": config.batch_size / step, "machine": peak, "onednn": kernels,
                "onednn_convolutions": convolutions}
     return "\n".join(lines), figures
 
@@ -278,6 +281,11 @@ def build_parser(prog=None):
                              "train.py's)")
     parser.add_argument("--depth", type=int, metavar="N",
                         help="the network's downsampling levels (default: train.py's)")
+    parser.add_argument("--batch-size", type=int, metavar="N",
+                        help="images per step (default: train.py's)")
+    parser.add_argument("--size", type=int, metavar="N",
+                        help="the side of the training crops, a multiple of 2 ** depth "
+                             "(default: train.py's)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (the test suite)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     return parser
@@ -286,11 +294,15 @@ def build_parser(prog=None):
 def main(argv=None, prog=None) -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    for name in ("steps", "repeats", "base_filters", "depth"):
+    for name in ("steps", "repeats", "base_filters", "depth", "batch_size", "size"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    config = _config(args.quick, args.base_filters, args.depth)
+    config = _config(args.quick, base_filters=args.base_filters, depth=args.depth,
+                     batch_size=args.batch_size, size=args.size)
+    if config.size % 2**config.depth:
+        parser.error(f"--size must be a multiple of {2**config.depth} (2 ** depth), "
+                     f"got {config.size}")
     with precision(config.mixed_precision):
         seconds = measure(config, steps=args.steps, repeats=args.repeats)
     kernels, convolutions = (onednn_kernels(config, steps=args.steps) if args.onednn
