@@ -1,6 +1,7 @@
 import os
 import tracemalloc
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import keras
@@ -531,6 +532,25 @@ def test_grabcut_refinement_moves_a_soft_outline_to_the_edge_in_the_image():
     assert not refine_mask(image, empty).any()
     # A threshold above the sure limit moves it: 0.98 is not foreground at threshold 0.99.
     assert not refine_mask(image, np.where(truth, 0.98, 0.0).astype(np.float32), threshold=0.99).any()
+
+
+def test_grabcut_refinement_gives_the_same_masks_on_several_threads_at_once():
+    # Training refines validation masks on several threads (`FINISHING_WORKERS`). On this
+    # scene GrabCut's answer depends on its random seed (5 pixels differ between seeds 0 and
+    # 1), so each thread must seed its own generator for the masks to be repeatable.
+    rng = np.random.default_rng(1)
+    truth = np.zeros((96, 96), bool)
+    truth[25:70, 20:75] = True
+    image = np.where(truth[..., None], rng.random((96, 96, 3)) * 0.7 + 0.3,
+                     rng.random((96, 96, 3)) * 0.7).astype(np.float32)
+    probability = np.where(truth, 0.6, 0.4).astype(np.float32)
+    probability[40:55, 40:55] = 1.0
+    probability[:5] = 0.0
+    alone = refine_mask(image, probability)
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda _: refine_mask(image, probability), range(16)))
+    for mask in together:
+        np.testing.assert_array_equal(mask, alone)
 
 
 def test_grabcut_refinement_of_a_large_image_runs_scaled_down_and_maps_back():

@@ -139,10 +139,16 @@ def _saved_tiny_model(path):
     return model
 
 
-def test_the_standard_error_is_taken_over_groups_of_validation_images(tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers, chunk", [(1, 8), (2, 3)])
+def test_the_standard_error_is_taken_over_groups_of_validation_images(
+    tmp_path, monkeypatch, workers, chunk
+):
     # Four images in two groups: IoU 1 and 1 in the first, 0.5 and 0.5 in the second. Over
     # groups the standard error is std(1, 0.5) / sqrt(2) = 0.25; over images it would be
-    # std(1, 1, 0.5, 0.5) / sqrt(4) = 0.144.
+    # std(1, 1, 0.5, 0.5) / sqrt(4) = 0.144. Finished on two threads in chunks of three, the
+    # images keep their order (and so their groups).
+    monkeypatch.setattr(mask_settings, "FINISHING_WORKERS", workers)
+    monkeypatch.setattr(mask_settings, "FINISHING_CHUNK", chunk)
     truth = np.zeros((100, 100), bool)
     truth[20:60, 20:60] = True
     half = truth.copy()

@@ -14,6 +14,7 @@ from segment.model import InferenceSettings
 from segment.training.callbacks import epoch_method
 from segment.training.config import HALVINGS, STEPS_PER_EPOCH, halve_every_steps
 from segment.training.inputs import training_stream, validation_samples
+from segment.training.mask_settings import FINISHING_WORKERS
 from segment.training.recipe import build_network, compile_network
 
 __all__ = [
@@ -299,8 +300,8 @@ def fit_budget(config, pairs, strategy, deadline):
 
 
 def time_refinement(validation, model=None, timed=3):
-    """What refining every validation mask with GrabCut costs (`choose_mask_settings`), timed
-    on the first `timed` images.
+    """What refining every validation mask with GrabCut costs (`choose_mask_settings`, which
+    refines `FINISHING_WORKERS` masks at once), timed on the first `timed` images.
 
     GrabCut's time grows with the pixels a prediction leaves unsure, which differs by
     dataset, so before training it is timed on a made-up prediction (a centred disk, sure
@@ -321,7 +322,7 @@ def time_refinement(validation, model=None, timed=3):
         started = time.perf_counter()
         refine_mask(image, probability)
         seconds += time.perf_counter() - started
-    return seconds / max(1, len(samples)) * len(validation)
+    return seconds / max(1, len(samples)) * len(validation) / FINISHING_WORKERS
 
 
 def plan_budget(seconds, *, step_seconds, after_epoch_seconds, steps_per_epoch=None):

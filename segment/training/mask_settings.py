@@ -1,7 +1,9 @@
 """How a trained model's masks are finished, chosen on the validation images."""
 
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import keras
 import numpy as np
@@ -17,7 +19,8 @@ from segment.model import InferenceSettings
 from segment.training.run_folder import save_atomically
 from segment.training.selection import clearly_worse, group_means, standard_error
 
-__all__ = ["MIN_HOLES", "MIN_PARTS", "STRAY_PART_PRICE", "choose_mask_settings"]
+__all__ = ["FINISHING_WORKERS", "MIN_HOLES", "MIN_PARTS", "STRAY_PART_PRICE",
+           "choose_mask_settings"]
 
 
 # Shares of the image's pixels below which predicted foreground parts may be dropped
@@ -32,6 +35,13 @@ STRAY_PART_PRICE = 0.005
 # Shares of the image's pixels below which holes in the masks may be filled (`clean_mask`),
 # chosen with `min_part` (docs/experiments.md, "Small holes filled").
 MIN_HOLES = (0.0025, 0.01)
+
+# Validation masks are finished and scored on this many threads (OpenCV releases Python's lock,
+# and seeds GrabCut per thread), FINISHING_CHUNK images predicted at a time: the predictions of
+# a chunk are all that is held at once.
+FINISHING_WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+    os.cpu_count() or 1)
+FINISHING_CHUNK = 8
 
 
 def choose_mask_settings(model_path, samples, *, groups=None):
@@ -59,28 +69,23 @@ def choose_mask_settings(model_path, samples, *, groups=None):
     options = [(refine, part, hole) for refine in (False, True) for part in parts for hole in holes]
     scores = {option: [] for option in options}
     kept = []  # per image, packed: its truth, and its masks (and seconds) without and with refining
-    for index, (name, image, truth) in enumerate(samples):
-        if index == 0:
-            predict_probability(model, image)  # traces the prediction graph, untimed
-        started = time.perf_counter()
-        probability = predict_probability(model, image)
-        predicted = time.perf_counter() - started
-        made = {}
-        for refine in (False, True):
-            started = time.perf_counter()
-            mask = finish_mask(model, image, probability, refine=refine, min_part=0.0,
-                               min_hole=0.0)
-            made[refine] = (np.packbits(mask), predicted + time.perf_counter() - started)
-            scored = {}  # the same mask from different settings is scored once
-            for part in parts:
-                dropped = clean_mask(mask, min_part=part)  # as clean_mask does: parts, then holes
-                for hole in holes:
-                    cleaned = clean_mask(dropped, min_hole=hole)
-                    key = np.packbits(cleaned).tobytes()
-                    if key not in scored:
-                        scored[key] = [score(cleaned, truth) for score in (iou, spurious, b1_error)]
-                    scores[(refine, part, hole)].append(scored[key])
-        kept.append((name, truth.shape, np.packbits(truth), made))
+    # The network predicts a few images at a time on every core; then their masks are finished
+    # and scored on one core each, since GrabCut's refinement runs on one (`FINISHING_WORKERS`).
+    with ThreadPoolExecutor(FINISHING_WORKERS) as pool:
+        for chunk in _chunks(samples, FINISHING_CHUNK):
+            predicted = []
+            for name, image, truth in chunk:
+                if not kept and not predicted:
+                    predict_probability(model, image)  # traces the prediction graph, untimed
+                started = time.perf_counter()
+                probability = predict_probability(model, image)
+                predicted.append((name, image, truth, probability,
+                                  time.perf_counter() - started))
+            finished = pool.map(lambda item: _finished(model, *item, parts, holes), predicted)
+            for (name, _, truth, _, _), (made, image_scores) in zip(predicted, finished):
+                for option, value in image_scores.items():
+                    scores[option].append(value)
+                kept.append((name, truth.shape, np.packbits(truth), made))
     means = {option: np.mean(scores[option], axis=0) for option in options}
     worth = {option: [iou_value - STRAY_PART_PRICE * (stray + holes_wrong)
                       for iou_value, stray, holes_wrong in scores[option]] for option in options}
@@ -110,6 +115,39 @@ def choose_mask_settings(model_path, samples, *, groups=None):
                          ("without_refine", (False, part, hole))):
         results[name] = dict(zip(("iou", "spurious", "b1_error"), map(float, means[option])))
     return results
+
+
+def _chunks(samples, size):
+    """The samples in lists of `size` (the last may be shorter)."""
+    chunk = []
+    for sample in samples:
+        chunk.append(sample)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _finished(model, name, image, truth, probability, predicted, parts, holes):
+    """`(made, scores)` for one image: its mask without and with refining, packed, with the
+    seconds each took (the prediction's included), and each setting's `[iou, spurious,
+    b1_error]`."""
+    made, scores = {}, {}
+    for refine in (False, True):
+        started = time.perf_counter()
+        mask = finish_mask(model, image, probability, refine=refine, min_part=0.0, min_hole=0.0)
+        made[refine] = (np.packbits(mask), predicted + time.perf_counter() - started)
+        scored = {}  # the same mask from different settings is scored once
+        for part in parts:
+            dropped = clean_mask(mask, min_part=part)  # as clean_mask does: parts, then holes
+            for hole in holes:
+                cleaned = clean_mask(dropped, min_hole=hole)
+                key = np.packbits(cleaned).tobytes()
+                if key not in scored:
+                    scored[key] = [score(cleaned, truth) for score in (iou, spurious, b1_error)]
+                scores[(refine, part, hole)] = scored[key]
+    return made, scores
 
 
 def _standard_error(values, groups):
