@@ -30,6 +30,12 @@ EXPECTED_NUMBERS = [
     "tiled_float32_seconds",
     "tiled_mixed_bfloat16_seconds",
     "generator_img_s",
+    "default_gflop_per_image",
+    "train_default_float32_img_s",
+    "train_default_mixed_bfloat16_img_s",
+    "train_default_float32_gflops",
+    "train_default_mixed_bfloat16_gflops",
+    "bf16_speedup_default",
 ]
 
 
@@ -59,6 +65,24 @@ def test_quick_run_reports_figures_that_follow_from_its_own_samples(speed_script
         assert results[f"train_ratio_custom_stock_{policy}"] == pytest.approx(
             np.median(custom / stock))
         assert results[f"train_custom_{policy}_gflops"] == pytest.approx(np.median(custom) * flops)
+    # The default network as train.py builds it (tiny here), on its own batches and size.
+    default = speed_script.default_config(quick=True)
+    assert results["default_network"] == {
+        "size": 32, "batch_size": 2, "base_filters": 4, "depth": 2,
+        "full_resolution": "light", "loss": "composite"}
+    default_flops = 3 * speed_script.forward_flops(
+        {"base_filters": 4, "depth": 2, "full_resolution": "light"}, 32, 32) / 1e9
+    assert results["default_gflop_per_image"] == pytest.approx(default_flops)
+    for policy in ("float32", "mixed_bfloat16"):
+        rates = np.array(samples[f"default_{policy}"])
+        assert results[f"train_default_{policy}_img_s"] == pytest.approx(np.median(rates))
+        assert results[f"train_default_{policy}_gflops"] == pytest.approx(
+            np.median(rates) * default_flops)
+    model = speed_script.build_default("mixed_bfloat16", default)
+    assert type(model.loss).__name__ == "CompositeLoss"
+    assert type(model.optimizer).__name__ == "StepHalvingSGD"
+    assert float(model.optimizer.learning_rate) == pytest.approx(default.lr)
+    assert model.compute_dtype == "bfloat16"
     printed = capsys.readouterr().out
     ratios = [f"{results[f'train_ratio_custom_stock_{policy}']:.2f}"
               for policy in ("float32", "mixed_bfloat16")]
@@ -73,6 +97,7 @@ def test_the_table_puts_each_figure_in_its_row_and_column():
 
     results = {key: float(index + 1) for index, key in enumerate(EXPECTED_NUMBERS)}
     results.update(
+        default_network={"size": 128, "batch_size": 8, "loss": "composite"},
         settings={"size": 32, "batch_size": 4, "inference_size": 32, "inference_batch": 2,
                   "tiled_size": 96, "tile": 64, "xla": False, "repeats": 1},
         cpu={"peak_gflops_fp32": 64.0, "cores": 2, "nominal_ghz": 2.0,
@@ -83,7 +108,9 @@ def test_the_table_puts_each_figure_in_its_row_and_column():
     assert "| ratio custom / stock | 5.00 | 9.00 |" in table
     # GFLOP/s with its share of the fp32 peak: 6 of 64 is 9%, 10 of 64 is 16%.
     assert "| training GFLOP/s (% of fp32 peak) | 6.0 (9%) | 10.0 (16%) |" in table
-    assert "training 11.00x (stock Keras 12.00x)" in table
+    assert "training 11.00x (stock Keras 12.00x, the default network 28.00x)" in table
+    assert ("| training, the default network as train.py builds it (img/s, 128x128, batch 8, "
+            "composite loss) | 24.0 | 25.0 |") in table
 
 
 @pytest.mark.parametrize("flags, simd, peak", [

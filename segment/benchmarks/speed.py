@@ -3,8 +3,9 @@
 Training images/s of the segmenter as written (InstanceNormalize, StepHalvingSGD,
 SegmentationModel's own train_step) against the same network built from stock Keras
 (GroupNormalization(groups=-1), SGD + ExponentialDecay, plain keras.Model), in float32 and in
-mixed_bfloat16; the cost of the composite loss; XLA; achieved GFLOP/s against the CPU's nominal
-float32 peak; inference and tiled-prediction speed per backend (Keras float32 and
+mixed_bfloat16; the default network as `train.py` builds and compiles it (its size, batch and
+composite loss), in both; the cost of the composite loss; XLA; achieved GFLOP/s against the
+CPU's nominal float32 peak; inference and tiled-prediction speed per backend (Keras float32 and
 mixed_bfloat16, and the exported model in onnxruntime, LiteRT and OpenVINO); and the synthetic
 generator.
 
@@ -232,7 +233,8 @@ def exported_backends(model, folder):
 
 def run_benchmark(settings, *, xla=True):
     """Measure everything; returns the results dict that `--json` writes."""
-    results = {"cpu": cpu_peak(), "settings": {**settings, "xla": xla}, "samples": {}}
+    saved = {name: value for name, value in settings.items() if name != "default"}
+    results = {"cpu": cpu_peak(), "settings": {**saved, "xla": xla}, "samples": {}}
     models = _compiled_models(settings, xla=xla)
     _measure_training(results, models, settings, xla=xla)
     # Inference, per backend: the custom model in Keras (float32, mixed_bfloat16) and, when
@@ -249,14 +251,42 @@ def run_benchmark(settings, *, xla=True):
     return results
 
 
+def default_config(quick):
+    """The `TrainConfig` of `train.py` with no arguments (tiny with `quick`)."""
+    from segment.training import TrainConfig, resolve_config
+
+    config = TrainConfig(epochs=1, steps_per_epoch=10)
+    if quick:
+        config.size, config.base_filters, config.depth, config.batch_size = 32, 4, 2, 2
+    return resolve_config(config, None)
+
+
+def build_default(policy, config):
+    """The network `train.py` builds from `config`, compiled as it compiles it (composite loss,
+    `StepHalvingSGD` at its rate), under `policy`."""
+    from segment.training.config import halve_every_steps
+    from segment.training.recipe import build_network, compile_network
+
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        keras.utils.set_random_seed(0)
+        model = build_network(config)
+        compile_network(model, config, halve_every=halve_every_steps(config))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    return model
+
+
 def _compiled_models(settings, *, xla):
-    """The custom and stock networks, compiled, by name (`custom_float32`, ...)."""
+    """The custom and stock networks, compiled, by name (`custom_float32`, ...), and the
+    default network as `train.py` builds it (`default_float32`, ...)."""
     print("building the custom and stock models in float32 and mixed_bfloat16 ...", flush=True)
     models = {}
     for policy in POLICIES:
         custom, stock = build_pair(policy, settings)
         models[f"custom_{policy}"] = compile_custom(custom)
         models[f"stock_{policy}"] = compile_stock(stock)
+        models[f"default_{policy}"] = build_default(policy, settings["default"])
     models["custom_float32_composite"] = compile_custom(
         build_pair("float32", settings)[0], loss=CompositeLoss()
     )
@@ -271,10 +301,14 @@ def _compiled_models(settings, *, xla):
 def _measure_training(results, models, settings, *, xla):
     """Training images per second of every model, and the ratios between them."""
     size, batch_size, steps = settings["size"], settings["batch_size"], settings["steps"]
-    repeats = settings["repeats"]
+    repeats, default = settings["repeats"], settings["default"]
     images, masks = synthetic_arrays(batch_size * steps, size=size, seed=0)
+    # The default network trains on its own batches and size, for as many steps.
+    default_data = synthetic_arrays(default.batch_size * steps, size=default.size, seed=0)
 
     def train(name):
+        if name.startswith("default_"):
+            return lambda: training_rate(models[name], *default_data, default.batch_size)
         return lambda: training_rate(models[name], images, masks, batch_size)
 
     for name in tqdm(models, desc="warm-up (tracing, compiling)", unit="model"):
@@ -303,6 +337,19 @@ def _measure_training(results, models, settings, *, xla):
         results[f"bf16_speedup_{kind}"] = paired_ratio(
             samples[f"{kind}_mixed_bfloat16"], samples[f"{kind}_float32"]
         )
+    default_flops = 3 * forward_flops(
+        {"base_filters": default.base_filters, "depth": default.depth,
+         "full_resolution": default.full_resolution}, default.size, default.size)
+    results["default_network"] = {"size": default.size, "batch_size": default.batch_size,
+                                  "base_filters": default.base_filters, "depth": default.depth,
+                                  "full_resolution": default.full_resolution,
+                                  "loss": default.loss}
+    results["default_gflop_per_image"] = default_flops / 1e9
+    for policy in POLICIES:
+        results[f"train_default_{policy}_img_s"] = rates[f"default_{policy}"]
+        results[f"train_default_{policy}_gflops"] = rates[f"default_{policy}"] * default_flops / 1e9
+    results["bf16_speedup_default"] = paired_ratio(
+        samples["default_mixed_bfloat16"], samples["default_float32"])
     results["train_custom_float32_composite_img_s"] = rates["custom_float32_composite"]
     results["composite_loss_cost_ratio"] = paired_ratio(
         samples["custom_float32"], samples["custom_float32_composite"]
@@ -414,7 +461,7 @@ def main(argv=None, prog=None) -> int:
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     xla = (not args.quick) if args.xla is None else args.xla
-    results = run_benchmark(settings, xla=xla)
+    results = run_benchmark({**settings, "default": default_config(args.quick)}, xla=xla)
     table = markdown_table(results)
     print()
     print(table)

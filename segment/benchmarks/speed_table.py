@@ -27,11 +27,16 @@ def markdown_table(results):
                  "{:.1f}", "inference_{}_img_s"))
     rows.append((f"tiled prediction, one {settings['tiled_size']}x{settings['tiled_size']} "
                  f"image (s, tile {settings['tile']})", "{:.2f}", "tiled_{}_seconds"))
+    default = results["default_network"]
+    rows.append((f"training, the default network as train.py builds it (img/s, "
+                 f"{default['size']}x{default['size']}, batch {default['batch_size']}, "
+                 f"{default['loss']} loss)", "{:.1f}", "train_default_{}_img_s"))
     lines = ["| measurement | float32 | mixed_bfloat16 |", "|---|---:|---:|"]
     for label, number, key in rows:
         cells = [number.format(results[key.format(policy)]) for policy in POLICIES]
         lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
     for label, key in (("training GFLOP/s (% of fp32 peak)", "train_custom_{}_gflops"),
+                       ("training GFLOP/s, the default network", "train_default_{}_gflops"),
                        ("inference GFLOP/s (% of fp32 peak)", "inference_{}_gflops")):
         cells = [_percent(results[key.format(policy)], peak) for policy in POLICIES]
         lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
@@ -58,14 +63,16 @@ def markdown_table(results):
     notes = [
         "",
         f"- mixed_bfloat16 / float32 speed-up: training {results['bf16_speedup_custom']:.2f}x "
-        f"(stock Keras {results['bf16_speedup_stock']:.2f}x), inference "
+        f"(stock Keras {results['bf16_speedup_stock']:.2f}x, the default network "
+        f"{results['bf16_speedup_default']:.2f}x), inference "
         f"{results['inference_bf16_speedup']:.2f}x.",
         f"- Loss: the throughput rows use MSE for both models. The composite loss (MSE + soft Dice + TV "
         f"excess) trains at {results['train_custom_float32_composite_img_s']:.1f} "
         f"img/s in float32: {results['composite_loss_cost_ratio']:.2f}x the time of MSE.",
         f"- Synthetic generator (tf.data, {size}x{size}): {results['generator_img_s']:.0f} img/s.",
         f"- FLOPs counted from the convolutions: {results['training_gflop_per_image']:.2f} GFLOP "
-        f"per training image (3x forward), {results['inference_gflop_per_image']:.2f} GFLOP per "
+        f"per training image (3x forward; the default network "
+        f"{results['default_gflop_per_image']:.2f}), {results['inference_gflop_per_image']:.2f} GFLOP per "
         f"{settings['inference_size']}x{settings['inference_size']} inference image.",
         f"- Nominal fp32 peak {peak:.0f} GFLOP/s = {cpu['cores']} cores x "
         f"{cpu['nominal_ghz']:.2f} GHz (nominal, /proc/cpuinfo) x "
