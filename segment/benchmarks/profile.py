@@ -262,8 +262,8 @@ def report(config, seconds, kernels=None, convolutions=None):
     figures = {"config": {k: getattr(config, k) for k in ("size", "batch_size", "base_filters",
                                                            "depth", "mixed_precision")},
                "seconds": seconds, "derived_seconds": derived, "gflop_per_step": flops / 1e9,
-               "gflops": gflops, "images_per_second": config.batch_size / step, "machine": peak, "onednn": kernels,
-               "onednn_convolutions": convolutions}
+               "gflops": gflops, "images_per_second": config.batch_size / step,
+               "machine": peak, "onednn": kernels, "onednn_convolutions": convolutions}
     return "\n".join(lines), figures
 
 
