@@ -72,7 +72,8 @@ def markdown_table(results):
         f"- Synthetic generator (tf.data, {size}x{size}): {results['generator_img_s']:.0f} img/s.",
         f"- FLOPs counted from the convolutions: {results['training_gflop_per_image']:.2f} GFLOP "
         f"per training image (3x forward; the default network "
-        f"{results['default_gflop_per_image']:.2f}), {results['inference_gflop_per_image']:.2f} GFLOP per "
+        f"{results['default_gflop_per_image']:.2f}), "
+        f"{results['inference_gflop_per_image']:.2f} GFLOP per "
         f"{settings['inference_size']}x{settings['inference_size']} inference image.",
         f"- Nominal fp32 peak {peak:.0f} GFLOP/s = {cpu['cores']} cores x "
         f"{cpu['nominal_ghz']:.2f} GHz (nominal, /proc/cpuinfo) x "
