@@ -444,6 +444,26 @@ def test_without_a_model_a_folder_is_labelled_from_clicks_alone(tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(root / "masks" / "a.png")) > 127, shown)
 
 
+def test_without_a_model_a_saved_mask_can_be_set_aside_for_an_empty_one(tmp_path):
+    root = tmp_path / "photos"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "images" / "a.png").write_bytes(encode_png(_image()))
+    saved = np.zeros((48, 64), bool)
+    saved[4:30, :12] = True
+    (root / "masks" / "a.png").write_bytes(encode_png(saved))
+    with _serving(create_app(None, label=root)) as url, _page(url, model="no model") as page:
+        page.wait_for_function("document.getElementById('status').textContent"
+                               ".endsWith('from its saved mask')", timeout=30_000)
+        np.testing.assert_array_equal(_mask_on_page(page), saved)
+        assert page.text_content("#label-unsaved") == "start from an empty mask"
+        page.keyboard.press("m")
+        page.wait_for_function("document.getElementById('status').textContent === 'a.png: 64 x 48'",
+                               timeout=30_000)
+        assert not _mask_on_page(page).any() and not page.is_visible("#label-unsaved")
+    assert (root / "masks" / "a.png").read_bytes() == encode_png(saved)
+
+
 def test_the_folder_loop_label_accept_then_fine_tune(tmp_path):
     """The loop the page is for: a small trained model, a folder of photographs without
     masks labelled on the page with a click each, then `train.py --data DIR --init MODEL`
