@@ -33,9 +33,15 @@ import keras
 import tensorflow as tf
 
 from segment.benchmarks.machine import cpu_peak
-from segment.benchmarks.speed import BatchClock, forward_flops, interleaved
+from segment.benchmarks.speed import (
+    BatchClock,
+    default_config,
+    forward_flops,
+    interleaved,
+    network_settings,
+)
 from segment.cli.common import HelpFormatter
-from segment.training import TrainConfig, resolve_config
+from segment.training import TrainConfig
 from segment.training.devices import precision
 from segment.training.inputs import training_stream
 from segment.training.recipe import build_network, compile_network
@@ -48,17 +54,6 @@ examples:
   python -m segment benchmark profile --batch-size 4 --size 96   # smaller steps
   python -m segment benchmark profile --quick          # tiny sizes, seconds (the test suite)
 """
-
-
-def _config(quick, **changes):
-    """train.py's configuration (tiny with `quick`), with the changes given that are not None."""
-    config = TrainConfig(epochs=1, steps_per_epoch=10)
-    if quick:
-        config.size, config.base_filters, config.depth, config.batch_size = 32, 4, 2, 2
-    for name, value in changes.items():
-        if value is not None:
-            setattr(config, name, value)
-    return resolve_config(config, None)
 
 
 def _without_normalisation(config):
@@ -211,10 +206,8 @@ def _child_steps(settings, steps):
 
 def report(config, seconds, kernels=None, convolutions=None):
     """The Markdown table, and the figures as a dict."""
-    flops = 3 * forward_flops(
-        {"base_filters": config.base_filters, "depth": config.depth,
-         "full_resolution": config.full_resolution}, config.size, config.size,
-    ) * config.batch_size
+    flops = (3 * forward_flops(network_settings(config), config.size, config.size)
+             * config.batch_size)
     peak = cpu_peak()
     step = seconds["fit on the stream"]
     lines = [
@@ -298,8 +291,8 @@ def main(argv=None, prog=None) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    config = _config(args.quick, base_filters=args.base_filters, depth=args.depth,
-                     batch_size=args.batch_size, size=args.size)
+    config = default_config(args.quick, base_filters=args.base_filters, depth=args.depth,
+                            batch_size=args.batch_size, size=args.size)
     if config.size % 2**config.depth:
         parser.error(f"--size must be a multiple of {2**config.depth} (2 ** depth), "
                      f"got {config.size}")

@@ -36,6 +36,9 @@ from segment.layers import InstanceNormalize
 from segment.losses import CompositeLoss
 from segment.model import SegmentationModel, build_model
 from segment.optimizers import StepHalvingSGD
+from segment.training import TrainConfig, resolve_config
+from segment.training.config import halve_every_steps
+from segment.training.recipe import build_network, compile_network
 
 EPILOG = """\
 examples:
@@ -251,22 +254,27 @@ def run_benchmark(settings, *, xla=True):
     return results
 
 
-def default_config(quick):
-    """The `TrainConfig` of `train.py` with no arguments (tiny with `quick`)."""
-    from segment.training import TrainConfig, resolve_config
-
+def default_config(quick, **changes):
+    """The `TrainConfig` of `train.py` with no arguments (tiny with `quick`), with the
+    `changes` given that are not None."""
     config = TrainConfig(epochs=1, steps_per_epoch=10)
     if quick:
         config.size, config.base_filters, config.depth, config.batch_size = 32, 4, 2, 2
+    for name, value in changes.items():
+        if value is not None:
+            setattr(config, name, value)
     return resolve_config(config, None)
+
+
+def network_settings(config):
+    """The settings of a `TrainConfig`'s network that `forward_flops` reads."""
+    return {"base_filters": config.base_filters, "depth": config.depth,
+            "full_resolution": config.full_resolution}
 
 
 def build_default(policy, config):
     """The network `train.py` builds from `config`, compiled as it compiles it (composite loss,
     `StepHalvingSGD` at its rate), under `policy`."""
-    from segment.training.config import halve_every_steps
-    from segment.training.recipe import build_network, compile_network
-
     keras.mixed_precision.set_global_policy(policy)
     try:
         keras.utils.set_random_seed(0)
@@ -337,13 +345,9 @@ def _measure_training(results, models, settings, *, xla):
         results[f"bf16_speedup_{kind}"] = paired_ratio(
             samples[f"{kind}_mixed_bfloat16"], samples[f"{kind}_float32"]
         )
-    default_flops = 3 * forward_flops(
-        {"base_filters": default.base_filters, "depth": default.depth,
-         "full_resolution": default.full_resolution}, default.size, default.size)
+    default_flops = 3 * forward_flops(network_settings(default), default.size, default.size)
     results["default_network"] = {"size": default.size, "batch_size": default.batch_size,
-                                  "base_filters": default.base_filters, "depth": default.depth,
-                                  "full_resolution": default.full_resolution,
-                                  "loss": default.loss}
+                                  **network_settings(default), "loss": default.loss}
     results["default_gflop_per_image"] = default_flops / 1e9
     for policy in POLICIES:
         results[f"train_default_{policy}_img_s"] = rates[f"default_{policy}"]
