@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import os
 
 import keras
 import numpy as np
@@ -123,7 +124,7 @@ def test_the_cpu_peak_is_cores_times_clock_times_flops_per_cycle(monkeypatch, fl
     cpuinfo = f"model name\t: Test CPU\ncpu MHz\t\t: 2500.000\nflags\t\t: {flags}\n"
     monkeypatch.setattr(machine, "Path", lambda path: type("Fake", (), {
         "read_text": staticmethod(lambda: cpuinfo)})())
-    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     cpu = machine.cpu_peak()
     assert (cpu["model"], cpu["cores"], cpu["simd"]) == ("Test CPU", 2, simd)
     assert cpu["peak_gflops_fp32"] == pytest.approx(peak)

@@ -1,9 +1,10 @@
 """The machine a benchmark runs on: its CPU and what it can compute at most."""
 
-import os
 import platform
 import re
 from pathlib import Path
+
+from segment.training.devices import usable_cores
 
 __all__ = ["cpu_peak"]
 
@@ -23,7 +24,7 @@ def cpu_peak():
         flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M).group(1).split()
     except (OSError, AttributeError):
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     if "avx512f" in flags:
         simd, flops_per_cycle = "AVX-512", 64
     elif "fma" in flags:

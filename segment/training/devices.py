@@ -2,6 +2,7 @@
 worker, lost workers, and mixed precision where the hardware computes it natively."""
 
 import contextlib
+import os
 import re
 from pathlib import Path
 
@@ -61,6 +62,13 @@ def precision(mixed):
         yield
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+def usable_cores():
+    """The CPU cores this process may run on (its affinity where the system tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def native_half_precision():

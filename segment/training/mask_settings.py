@@ -1,7 +1,6 @@
 """How a trained model's masks are finished, chosen on the validation images."""
 
 import math
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +15,7 @@ from segment.inference import (
 )
 from segment.metrics import b1_error, evaluate_masks, iou, spurious
 from segment.model import InferenceSettings
+from segment.training.devices import usable_cores
 from segment.training.run_folder import save_atomically
 from segment.training.selection import clearly_worse, group_means, standard_error
 
@@ -39,8 +39,7 @@ MIN_HOLES = (0.0025, 0.01)
 # Validation masks are finished and scored on this many threads (OpenCV releases Python's lock,
 # and seeds GrabCut per thread), FINISHING_CHUNK images predicted at a time: the predictions of
 # a chunk are all that is held at once.
-FINISHING_WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-    os.cpu_count() or 1)
+FINISHING_WORKERS = usable_cores()
 FINISHING_CHUNK = 8
 
 
