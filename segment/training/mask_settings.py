@@ -36,11 +36,12 @@ STRAY_PART_PRICE = 0.005
 # chosen with `min_part` (docs/experiments.md, "Small holes filled").
 MIN_HOLES = (0.0025, 0.01)
 
-# Validation masks are finished and scored on this many threads (OpenCV releases Python's lock,
-# and seeds GrabCut per thread), FINISHING_CHUNK images predicted at a time: the predictions of
-# a chunk are all that is held at once.
-FINISHING_WORKERS = usable_cores()
+# Validation images are predicted FINISHING_CHUNK at a time (the predictions of a chunk are all
+# that is held at once), then their masks finished and scored on FINISHING_WORKERS threads, one
+# per core and no more than a chunk keeps busy (OpenCV releases Python's lock, and seeds
+# GrabCut per thread); the budget divides the refinement's time among them.
 FINISHING_CHUNK = 8
+FINISHING_WORKERS = min(usable_cores(), FINISHING_CHUNK)
 
 
 def choose_mask_settings(model_path, samples, *, groups=None):
