@@ -2,7 +2,7 @@ import math
 
 import numpy as np
 import pytest
-from skimage.measure import label
+from skimage.measure import euler_number, label
 from skimage.metrics import hausdorff_distance
 from skimage.segmentation import find_boundaries
 
@@ -287,3 +287,17 @@ def test_metric_functions_do_not_modify_inputs():
     pred_copy, gt_copy = pred.copy(), gt.copy()
     evaluate_masks(pred, gt)
     assert np.array_equal(pred, pred_copy) and np.array_equal(gt, gt_copy)
+
+
+def test_holes_and_components_agree_with_scikit_image_euler_number():
+    # components - holes is the Euler number of an 8-connected foreground with a 4-connected
+    # background (scikit-image's connectivity=2), on any shape, including 1-pixel-wide masks.
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        height, width = rng.integers(1, 24, size=2)
+        random_mask = rng.random((height, width)) < rng.random()
+        _, components = label(random_mask, connectivity=2, return_num=True)
+        holes = components - euler_number(random_mask, connectivity=2)
+        empty = np.zeros_like(random_mask)
+        assert metrics.b1_error(random_mask, empty) == holes
+        assert metrics.spurious(random_mask, empty) == components
