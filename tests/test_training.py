@@ -33,7 +33,7 @@ from segment.training import (
     resolve_config,
     train,
 )
-from segment.training.budget import Budget, Deadline, time_refinement
+from segment.training.budget import Budget, Deadline, time_finishing
 from segment.training.recipe import build_network
 
 TINY = ["--size", "32", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "4",
@@ -394,12 +394,12 @@ def test_a_budget_planned_too_short_is_planned_again_after_the_first_epoch(tmp_p
     # It is planned once more after the last epoch before the first halving, timed warm.
     monkeypatch.setattr(budget, "fit_budget", lambda *args: (6, 2, 0.05, 0.0))
     monkeypatch.setattr(budget, "DEADLINE_SLACK", float("inf"))  # as above
-    plans, refine_seconds = [], []
+    plans, finishing_seconds = [], []
     plan_again = Budget.plan_again
 
     def recorded_plan_again(self, model, config, pace, *, done):
         plans.append((done, config.epochs))
-        refine_seconds.append(self.refine_seconds)
+        finishing_seconds.append(self.finishing_seconds)
         return plan_again(self, model, config, pace, done=done)
 
     monkeypatch.setattr(Budget, "plan_again", recorded_plan_again)
@@ -410,9 +410,9 @@ def test_a_budget_planned_too_short_is_planned_again_after_the_first_epoch(tmp_p
     assert recorded.epochs > 6 and recorded.steps_per_epoch == 2
     assert len(plans) == 2 and plans[0] == (1, 6)
     assert plans[1][0] == plans[1][1] // 5 > 1  # after the epochs before the first halving
-    # The refinement's reserve: the calibration's at first, then timed on the network's own
+    # The finishing's reserve: the calibration's at first, then timed on the network's own
     # predictions.
-    assert refine_seconds[0] == 0.0 and refine_seconds[1] > 0.0
+    assert finishing_seconds[0] == 0.0 and finishing_seconds[1] > 0.0
     with (folder / "history.csv").open() as handle:
         assert [int(row["epoch"]) for row in csv.DictReader(handle)] == list(range(recorded.epochs))
     fixed = _FinalWeights()
@@ -440,23 +440,30 @@ def test_a_budgeted_run_stopped_in_its_first_epoch_stops_there(tmp_path, monkeyp
     assert not (folder / "backup").exists()
 
 
-def test_the_refinement_is_timed_on_a_made_up_prediction_then_the_network_s_own(monkeypatch):
+def test_the_finishing_is_timed_on_a_made_up_prediction_then_the_network_s_own(monkeypatch):
     images, masks = data.synthetic_arrays(4, size=32, difficulty="easy", seed=3)
     validation = [(f"{index}", image, mask)
                   for index, (image, mask) in enumerate(zip(images, masks))]
-    refined = []
-    monkeypatch.setattr(budget, "refine_mask", lambda image, probability: refined.append(
-        probability))
-    assert time_refinement(validation, timed=2) > 0.0
-    assert len(refined) == 2
-    made_up = refined[0]  # a disk, sure at its centre and in the corners, unsure around it
-    assert made_up[16, 16] == 1.0 and made_up[0, 0] == 0.0 and 0.0 < made_up[16, 8] < 1.0
-    refined.clear()
+    finished = []
+
+    def finish_mask(model, image, probability, **options):
+        finished.append((probability, options["refine"]))
+        return probability > 0.5
+
+    monkeypatch.setattr(mask_settings, "finish_mask", finish_mask)
     model = build_model(base_filters=4, depth=2, inference={"tta": True})
-    time_refinement(validation, model, timed=3)
-    assert len(refined) == 3
-    for (_, image, _), probability in zip(validation, refined):
-        np.testing.assert_array_equal(probability, predict_probability(model, image))
+    assert time_finishing(validation, model, trained=False, timed=2) > 0.0
+    # Each image is finished as choose_mask_settings finishes it, without and with refining
+    # (on threads: in any order).
+    assert sorted(refine for _, refine in finished) == [False, False, True, True]
+    made_up = finished[0][0]  # a disk, sure at its centre and in the corners, unsure around it
+    assert made_up[16, 16] == 1.0 and made_up[0, 0] == 0.0 and 0.0 < made_up[16, 8] < 1.0
+    finished.clear()
+    time_finishing(validation, model, timed=3)
+    assert len(finished) == 6
+    for _, image, _ in validation[:3]:
+        predicted = predict_probability(model, image)
+        assert sum(np.array_equal(probability, predicted) for probability, _ in finished) == 2
 
 
 def test_the_deadline_stops_a_run_whose_epochs_slowed_down():

@@ -9,17 +9,17 @@ import keras
 import numpy as np
 
 from segment.evaluation import mean_iou
-from segment.inference import predict_probability, refine_mask
+from segment.inference import predict_probability
 from segment.model import InferenceSettings
 from segment.training.callbacks import epoch_method
 from segment.training.config import HALVINGS, STEPS_PER_EPOCH, halve_every_steps
 from segment.training.inputs import training_stream, validation_samples
-from segment.training.mask_settings import FINISHING_WORKERS
+from segment.training.mask_settings import FINISHING_WORKERS, finishing_seconds
 from segment.training.recipe import build_network, compile_network
 
 __all__ = [
     "Budget", "Deadline", "FEW_STEPS", "Pace", "SMALLEST_WORKING_SIZE", "budget_working_size",
-    "fit_budget", "plan_budget", "replan_epochs", "time_refinement",
+    "fit_budget", "plan_budget", "replan_epochs", "time_finishing",
 ]
 
 
@@ -146,7 +146,7 @@ class Budget:
         self.deadline = deadline
         self.guard = None  # the Deadline, once the first epoch is timed
         # What the closing scoring costs, in seconds: set by `plan`, then by the run itself.
-        self.warm_validation = self.refine_seconds = None
+        self.warm_validation = self.finishing_seconds = None
         self.first_validation = self.save_seconds = self.trace_seconds = None
 
     @property
@@ -172,7 +172,7 @@ class Budget:
               f"{config.steps_per_epoch} steps on this machine", flush=True)
 
     def _time(self, config, pairs, strategy):
-        config.epochs, config.steps_per_epoch, self.warm_validation, self.refine_seconds = (
+        config.epochs, config.steps_per_epoch, self.warm_validation, self.finishing_seconds = (
             fit_budget(config, pairs, strategy, self.deadline)
         )
 
@@ -211,7 +211,7 @@ class Budget:
             self.save_seconds = max(0.0, pace.after_seconds - first_validation)
             self.guard = Deadline(self.deadline, 0.0)
         else:  # a network that has trained a fifth of the run: its own predictions
-            self.refine_seconds = time_refinement(validation, model)
+            self.finishing_seconds = time_finishing(validation, model)
         self.guard.final_seconds = self.closing_seconds(model)
         if self.plan_again(model, config, pace, done=done):
             print(f"after {done} epoch{'s' if done > 1 else ''}: {config.epochs} epochs fit "
@@ -252,19 +252,19 @@ class Budget:
 
     def closing_seconds(self, model):
         """What follows a budgeted run's last epoch: loading the best model and scoring it in
-        full (a first validation pass, then a warm one per further scale), refining its masks,
-        and saving it again with its mask settings (about what the first epoch's checkpoints
-        took)."""
+        full (a first validation pass, then a warm one per further scale), finishing and
+        scoring its masks with every mask setting (`time_finishing`), and saving it again with
+        the settings chosen (about what the first epoch's checkpoints took)."""
         return (self.first_validation + (final_passes(model) - 1) * self.warm_validation
-                + self.refine_seconds + self.save_seconds)
+                + self.finishing_seconds + self.save_seconds)
 
 
 def fit_budget(config, pairs, strategy, deadline):
-    """`(epochs, steps_per_epoch, validation_seconds, refine_seconds)`: the epochs that fit
+    """`(epochs, steps_per_epoch, validation_seconds, finishing_seconds)`: the epochs that fit
     before `deadline` (a `time.perf_counter()` value) and their length, measured on a
     throwaway model: 30 training steps and a validation pass, each timed once warm
-    (`plan_budget` does the arithmetic); that warm validation pass's time, and what refining
-    the validation masks will cost in the final scoring (`time_refinement`)."""
+    (`plan_budget` does the arithmetic); that warm validation pass's time, and what finishing
+    the validation masks will cost in the final scoring (`time_finishing`)."""
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = build_network(config)
@@ -285,44 +285,47 @@ def fit_budget(config, pairs, strategy, deadline):
         started = time.perf_counter()
         model.save(Path(folder) / "model.keras")
         save_seconds = time.perf_counter() - started
-    refine_seconds = time_refinement(validation)
+    finishing = time_finishing(validation, model, trained=False)
     # What follows the last epoch: loading the best model, scoring it in full
     # (`final_passes`) and saving it with its mask settings; and the real run traces the
     # training graph once more.
     epochs, steps_per_epoch = plan_budget(
         deadline - time.perf_counter() - final_passes(model) * validation_seconds
-        - refine_seconds - save_seconds - trace_seconds,
+        - finishing - save_seconds - trace_seconds,
         step_seconds=step_seconds,
         after_epoch_seconds=validation_seconds + 2 * save_seconds,
         steps_per_epoch=config.steps_per_epoch,
     )
-    return epochs, steps_per_epoch, validation_seconds, refine_seconds
+    return epochs, steps_per_epoch, validation_seconds, finishing
 
 
-def time_refinement(validation, model=None, timed=3):
-    """What refining every validation mask with GrabCut costs (`choose_mask_settings`, which
-    refines `FINISHING_WORKERS` masks at once), timed on the first `timed` images.
+def time_finishing(validation, model, *, trained=True, timed=None):
+    """What finishing and scoring every validation mask costs in the final scoring
+    (`choose_mask_settings`: refining with GrabCut or not, dropping parts and filling holes,
+    scoring every setting, on `FINISHING_WORKERS` threads), timed as it runs there on the
+    first `timed` images (by default two per thread, so the threads' contention is timed too).
 
     GrabCut's time grows with the pixels a prediction leaves unsure, which differs by
-    dataset, so before training it is timed on a made-up prediction (a centred disk, sure
-    inside and outside, unsure across a band of a tenth of the shorter side around its
-    outline), and once a `model` has trained, on that model's own predictions (the
+    dataset, so before training (`trained=False`) it is timed on a made-up prediction (a
+    centred disk, sure inside and outside, unsure across a band of a tenth of the shorter
+    side around its outline), and once `model` has trained, on its own predictions (the
     predicting itself untimed).
     """
+    timed = 2 * FINISHING_WORKERS if timed is None else timed
     samples = [sample for sample, _ in zip(validation, range(timed))]
-    seconds = 0.0
-    for _, image, _ in samples:
-        if model is None:
-            height, width = image.shape[:2]
-            rows, columns = np.ogrid[:height, :width]
-            distance = np.hypot(rows - height / 2, columns - width / 2) - min(height, width) / 4
-            probability = np.clip(0.5 - 10 * distance / min(height, width), 0, 1)
-        else:
-            probability = predict_probability(model, image)
-        started = time.perf_counter()
-        refine_mask(image, probability)
-        seconds += time.perf_counter() - started
-    return seconds / max(1, len(samples)) * len(validation) / FINISHING_WORKERS
+    probabilities = [
+        predict_probability(model, image) if trained else _made_up_prediction(image.shape)
+        for _, image, _ in samples
+    ]
+    seconds = finishing_seconds(model, samples, probabilities)
+    return seconds / max(1, len(samples)) * len(validation)
+
+
+def _made_up_prediction(shape):
+    height, width = shape[:2]
+    rows, columns = np.ogrid[:height, :width]
+    distance = np.hypot(rows - height / 2, columns - width / 2) - min(height, width) / 4
+    return np.clip(0.5 - 10 * distance / min(height, width), 0, 1).astype(np.float32)
 
 
 def plan_budget(seconds, *, step_seconds, after_epoch_seconds, steps_per_epoch=None):

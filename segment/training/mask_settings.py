@@ -20,7 +20,7 @@ from segment.training.run_folder import save_atomically
 from segment.training.selection import clearly_worse, group_means, standard_error
 
 __all__ = ["FINISHING_WORKERS", "MIN_HOLES", "MIN_PARTS", "STRAY_PART_PRICE",
-           "choose_mask_settings"]
+           "choose_mask_settings", "finishing_seconds"]
 
 
 # Shares of the image's pixels below which predicted foreground parts may be dropped
@@ -35,6 +35,7 @@ STRAY_PART_PRICE = 0.005
 # Shares of the image's pixels below which holes in the masks may be filled (`clean_mask`),
 # chosen with `min_part` (docs/experiments.md, "Small holes filled").
 MIN_HOLES = (0.0025, 0.01)
+_PARTS, _HOLES = (0.0, *MIN_PARTS), (0.0, *MIN_HOLES)  # the settings tried: none, or each
 
 # Validation images are predicted FINISHING_CHUNK at a time (the predictions of a chunk are all
 # that is held at once), then their masks finished and scored on FINISHING_WORKERS threads, one
@@ -65,8 +66,8 @@ def choose_mask_settings(model_path, samples, *, groups=None):
     """
     # Loaded compiled, as the checkpoint was saved, so that it can be saved again as it was.
     model = keras.saving.load_model(model_path, safe_mode=True)
-    parts, holes = (0.0, *MIN_PARTS), (0.0, *MIN_HOLES)
-    options = [(refine, part, hole) for refine in (False, True) for part in parts for hole in holes]
+    options = [(refine, part, hole)
+               for refine in (False, True) for part in _PARTS for hole in _HOLES]
     scores = {option: [] for option in options}
     kept = []  # per image, packed: its truth, and its masks (and seconds) without and with refining
     # The network predicts a few images at a time on every core; then their masks are finished
@@ -81,7 +82,7 @@ def choose_mask_settings(model_path, samples, *, groups=None):
                 probability = predict_probability(model, image)
                 predicted.append((name, image, truth, probability,
                                   time.perf_counter() - started))
-            finished = pool.map(lambda item: _finished(model, *item, parts, holes), predicted)
+            finished = pool.map(lambda item: _finished(model, *item), predicted)
             for (name, _, truth, _, _), (made, image_scores) in zip(predicted, finished):
                 for option, value in image_scores.items():
                     scores[option].append(value)
@@ -117,6 +118,17 @@ def choose_mask_settings(model_path, samples, *, groups=None):
     return results
 
 
+def finishing_seconds(model, samples, probabilities):
+    """The seconds that `choose_mask_settings` takes to finish and score `samples` from their
+    `probabilities` (in order), on its `FINISHING_WORKERS` threads: each image's masks with
+    and without refining, and every setting's scores."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(FINISHING_WORKERS) as pool:
+        list(pool.map(lambda item: _finished(model, *item[0], item[1], 0.0),
+                      zip(samples, probabilities)))
+    return time.perf_counter() - started
+
+
 def _chunks(samples, size):
     """The samples in lists of `size` (the last may be shorter)."""
     chunk = []
@@ -129,7 +141,7 @@ def _chunks(samples, size):
         yield chunk
 
 
-def _finished(model, name, image, truth, probability, predicted, parts, holes):
+def _finished(model, name, image, truth, probability, predicted):
     """`(made, scores)` for one image: its mask without and with refining, packed, with the
     seconds each took (the prediction's included), and each setting's `[iou, spurious,
     b1_error]`."""
@@ -139,9 +151,9 @@ def _finished(model, name, image, truth, probability, predicted, parts, holes):
         mask = finish_mask(model, image, probability, refine=refine, min_part=0.0, min_hole=0.0)
         made[refine] = (np.packbits(mask), predicted + time.perf_counter() - started)
         scored = {}  # the same mask from different settings is scored once
-        for part in parts:
+        for part in _PARTS:
             dropped = clean_mask(mask, min_part=part)  # as clean_mask does: parts, then holes
-            for hole in holes:
+            for hole in _HOLES:
                 cleaned = clean_mask(dropped, min_hole=hole)
                 key = np.packbits(cleaned).tobytes()
                 if key not in scored:
