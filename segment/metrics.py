@@ -31,8 +31,8 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
-    "METRIC_NAMES", "b0_error", "b1_error", "boundary_f1", "dice", "evaluate_masks", "hd95", "iou",
-    "mean_metrics", "pixel_accuracy", "precision", "recall", "spurious",
+    "METRIC_NAMES", "b0_error", "b1_error", "boundary_f1", "dice", "evaluate_masks", "hd95",
+    "hole_regions", "iou", "mean_metrics", "pixel_accuracy", "precision", "recall", "spurious",
 ]
 
 # Column order of every table this project writes (evaluation report, loss benchmark).
@@ -126,14 +126,26 @@ def _components(mask):
     return labels, count - 1
 
 
+def hole_regions(mask):
+    """The holes of a 2-D bool mask: `(labels, areas, is_hole)`, where `labels` numbers the
+    4-connected background regions from 1 (0 on the foreground), `areas[label]` is each
+    region's pixels and `is_hole[label]` whether it is a hole, a region that does not reach
+    the image's edge (what `b1_error` counts and `segment.inference.clean_mask` fills).
+
+    OpenCV's labelling, 15 times faster than scikit-image's Euler number: choosing a model's
+    mask settings counts the holes of up to 30 masks per validation image.
+    """
+    pixels = np.ascontiguousarray(~np.asarray(mask, bool)).view(np.uint8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(pixels, connectivity=4,
+                                                           ltype=cv2.CV_32S)
+    is_hole = np.ones(len(stats), bool)
+    is_hole[0] = False  # the foreground
+    is_hole[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = False
+    return labels, stats[:, cv2.CC_STAT_AREA], is_hole
+
+
 def _holes(mask):
-    """How many 4-connected background regions do not reach the image's edge. OpenCV's
-    labelling, 15 times faster than scikit-image's Euler number: choosing a model's mask
-    settings counts the holes of up to 30 masks per validation image."""
-    count, labels = cv2.connectedComponents((~mask).view(np.uint8), connectivity=4,
-                                            ltype=cv2.CV_32S)
-    edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-    return count - 1 - np.count_nonzero(np.unique(edge))  # label 0: the foreground
+    return int(np.count_nonzero(hole_regions(mask)[2]))
 
 
 def _default_tolerance(shape):

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 
 from segment.imageio import as_float_rgb, scale_image, scaled_shape
+from segment.metrics import hole_regions
 from segment.model import InferenceSettings, check_min_part
 
 __all__ = ["clean_mask", "finish_mask", "refine_mask", "REFINE_SIDE", "REFINE_SURE"]
@@ -116,11 +117,8 @@ def clean_mask(mask, *, min_area=0, fill_holes=0, min_part=0.0, min_hole=0.0):
         mask = kept[labels]
     fill_holes = max(fill_holes, math.ceil(check_min_part(min_hole) * mask.size))
     if fill_holes > 1:
-        labels, areas = _regions(~mask, connectivity=4)
-        filled = areas < fill_holes
-        filled[0] = False  # the foreground
-        filled[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = False
-        mask = mask | filled[labels]
+        labels, areas, is_hole = hole_regions(mask)
+        mask = mask | (is_hole & (areas < fill_holes))[labels]
     return mask
 
 

@@ -40,7 +40,7 @@ _PARTS, _HOLES = (0.0, *MIN_PARTS), (0.0, *MIN_HOLES)  # the settings tried: non
 # Validation images are predicted FINISHING_CHUNK at a time (the predictions of a chunk are all
 # that is held at once), then their masks finished and scored on FINISHING_WORKERS threads, one
 # per core and no more than a chunk keeps busy (OpenCV releases Python's lock, and seeds
-# GrabCut per thread); the budget divides the refinement's time among them.
+# GrabCut per thread); the budget times them there (`finishing_seconds`).
 FINISHING_CHUNK = 8
 FINISHING_WORKERS = min(usable_cores(), FINISHING_CHUNK)
 
