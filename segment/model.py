@@ -254,6 +254,7 @@ def build_model(
     context="none",
     context_units=32,
     foreground_prior=None,
+    guidance=0,
     inference=None,
     name="segmenter",
 ):
@@ -299,13 +300,17 @@ def build_model(
         foreground_prior: the share of foreground pixels expected; the output bias starts at
             its logit, so the first steps need not push every pixel towards the majority
             class. Defaults to None (bias 0, probability 0.5).
+        guidance: channels of a second input, `"guidance"`, joined to the centred image
+            before the stem: a click network's mask to correct and its clicks
+            (`segment.training.clicks`). Defaults to 0 (the image alone).
         inference: settings saved with the model for prediction, a dict of
             `InferenceSettings` fields. Defaults to None (every setting at its default).
         name: model name. Defaults to `"segmenter"`.
 
     Returns:
-        An uncompiled `SegmentationModel` mapping `(batch, H, W, 3)` images in [0, 1] to
-        `(batch, H, W, 1)` foreground probabilities.
+        An uncompiled `SegmentationModel` mapping `(batch, H, W, 3)` images in [0, 1] (and,
+        with `guidance`, `(batch, H, W, guidance)` maps) to `(batch, H, W, 1)` foreground
+        probabilities.
     """
     if context not in ("none", "sweep"):
         raise ValueError(f"context must be 'none' or 'sweep', got {context!r}")
@@ -323,6 +328,10 @@ def build_model(
             )
     inputs = keras.Input(shape=input_shape, name="image")
     x = keras.layers.Lambda(subtract_mean, name="subtract_mean")(inputs)
+    if guidance:
+        guides = keras.Input(shape=(*input_shape[:2], guidance), name="guidance")
+        x = keras.layers.Concatenate(name="guidance_concat")([x, guides])
+        inputs = [inputs, guides]
     x = _conv(base_filters, 3, "stem_conv")(x)
     x = InstanceNormalize(name="stem_norm")(x)
     x = keras.layers.ReLU(name="stem_relu")(x)

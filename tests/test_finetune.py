@@ -29,7 +29,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("finetune")
     config = TrainConfig(data=str(_folder(root / "first")), out=str(root / "first-run"),
                          epochs=1, steps_per_epoch=2, size=32, batch_size=4, base_filters=4,
-                         depth=2, groups="none")
+                         depth=2, groups="none", click_steps=2)
     folder, _ = train(config, verbose=0)
     return root, folder
 
@@ -38,7 +38,7 @@ def test_a_fine_tuned_run_starts_from_the_model_s_weights_and_network(trained):
     root, first = trained
     config = TrainConfig(data=str(_folder(root / "more", seed=1)), out=str(root / "tuned"),
                          init=str(first / "model.keras"), epochs=1, steps_per_epoch=2,
-                         batch_size=4, groups="none")
+                         batch_size=4, groups="none", click_steps=2)
     start = _FirstWeights()
     folder, results = train(config, callbacks=[start], verbose=0)
     saved = keras.saving.load_model(first / "model.keras", safe_mode=True)
@@ -50,6 +50,10 @@ def test_a_fine_tuned_run_starts_from_the_model_s_weights_and_network(trained):
     assert (recorded["base_filters"], recorded["depth"], recorded["size"]) == (4, 2, 32)
     assert recorded["init"] == str(first / "model.keras")
     assert results["iou"] >= 0
+    # Each run trains its click network, kept where it saves clicks on validation.
+    assert recorded["click_steps"] == 2 and results["click_steps"] == 2
+    assert (folder / "clicks.keras").is_file() == results["click_network"]
+    assert results["click_network"] == (results["click_noc90"] < results["click_noc90_without"])
 
 
 def test_fine_tuning_defaults_to_its_own_shorter_budget(trained):
@@ -78,5 +82,6 @@ def test_bad_init_models_are_refused_by_name(trained, tmp_path):
         {**json.loads((first / "config.json").read_text()), "base_filters": 8}))
     with pytest.raises(DataError, match="its network differs"):
         train(TrainConfig(data=folder, out=str(tmp_path / "d"), init=str(lone), epochs=1,
-                          steps_per_epoch=1, batch_size=4, groups="none"), verbose=0)
+                          steps_per_epoch=1, batch_size=4, groups="none", click_minutes=0),
+              verbose=0)
     assert not (tmp_path / "d").exists()  # nothing left behind by a run that never started

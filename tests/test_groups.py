@@ -171,7 +171,7 @@ def test_a_groups_file_names_every_image(tmp_path):
 
 def _tiny(folder, out, **settings):
     return TrainConfig(data=str(folder), out=str(out), epochs=1, steps_per_epoch=2, size=32,
-                       batch_size=4, base_filters=4, depth=2, **settings)
+                       batch_size=4, base_filters=4, depth=2, click_minutes=0, **settings)
 
 
 def test_training_holds_out_whole_groups_and_records_how(unnamed, tmp_path, capsys):
@@ -217,7 +217,7 @@ def test_the_train_command_takes_a_groups_file(unnamed, tmp_path, capsys):
     train_command = importlib.import_module("segment.cli.train")
     argv = ["--data", str(folder), "--out", str(tmp_path / "run"), "--groups", str(csv),
             "--epochs", "1", "--steps-per-epoch", "2", "--size", "32", "--batch-size", "4",
-            "--base-filters", "4", "--depth", "2"]
+            "--base-filters", "4", "--depth", "2", "--click-minutes", "0"]
     assert train_command.main(argv) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["validation_split"]["method"] == f"whole groups from {csv}"

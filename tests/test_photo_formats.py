@@ -363,7 +363,7 @@ def test_training_carries_void_through_augmentation_and_trains_on_voc_and_jpeg_m
     assert set(np.unique(masks)) == {0, 1, imageio.VOID_LABEL}
     config = TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), epochs=1,
                          steps_per_epoch=2, size=32, batch_size=2, base_filters=4, depth=2,
-                         groups="none")
+                         groups="none", click_minutes=0)
     _, results = train(config, verbose=0)
     printed = capsys.readouterr().out
     assert "pairs: images/<name>.jpg with SegmentationClass/<name>.png" in printed

@@ -477,7 +477,8 @@ def test_the_folder_loop_label_accept_then_fine_tune(tmp_path):
     data.write_folder(tmp_path / "first", images, masks)
     first, _ = train(TrainConfig(data=str(tmp_path / "first"), out=str(tmp_path / "first-run"),
                                  epochs=1, steps_per_epoch=2, size=32, batch_size=4,
-                                 base_filters=4, depth=2, groups="none"), verbose=0)
+                                 base_filters=4, depth=2, groups="none", click_minutes=0),
+                       verbose=0)
     root = tmp_path / "photos"
     (root / "images").mkdir(parents=True)
     for index in range(3):
@@ -500,7 +501,7 @@ def test_the_folder_loop_label_accept_then_fine_tune(tmp_path):
     assert sorted(path.name for path in (root / "masks").iterdir()) == ["p0.png", "p1.png", "p2.png"]
     assert train_main(["--data", str(root), "--init", str(first / "model.keras"), "--epochs", "1",
                        "--steps-per-epoch", "2", "--groups", "none",
-                       "--out", str(tmp_path / "tuned")]) == 0
+                       "--click-minutes", "0", "--out", str(tmp_path / "tuned")]) == 0
     tuned = json.loads((tmp_path / "tuned" / "config.json").read_text())
     assert tuned["init"] == str(first / "model.keras") and tuned["size"] == 32
     assert (tmp_path / "tuned" / "model.keras").is_file()

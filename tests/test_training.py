@@ -14,6 +14,7 @@ import pytest
 from segment import data, metrics
 from segment.inference import (
     InferenceSettings,
+    load_click_network,
     load_segmenter,
     predict_mask,
     predict_probability,
@@ -89,15 +90,24 @@ def test_train_on_an_image_mask_folder_reports_what_prediction_delivers(train_sc
         images, masks = data.synthetic_arrays(1, size=size, difficulty="easy", seed=index)
         data.write_folder(tmp_path / "shapes", images, masks, stems=[f"{index:02d}"])
     out = tmp_path / "run"
-    args = TINY + ["--data", str(tmp_path / "shapes"), "--out", str(out), "--val-fraction", "0.5"]
+    args = TINY + ["--data", str(tmp_path / "shapes"), "--out", str(out), "--val-fraction", "0.5",
+                   "--click-steps", "3"]
     assert train_script.main(args) == 0
     results = json.loads((out / "metrics.json").read_text())
     assert results["validation_images"] == 3
+    # Then the click network, for the steps asked, kept beside the model where the simulated
+    # annotator needed fewer clicks with it.
+    assert results["click_steps"] == 3 and results["click_seconds"] > 0
+    assert 0 <= results["click_noc90"] <= 20 and 0 <= results["click_noc90_without"] <= 20
+    kept = results["click_noc90"] < results["click_noc90_without"]
+    assert results["click_network"] == kept
+    assert (load_click_network(out / "model.keras") is not None) == kept
 
     # The model carries the working size; segmenting the validation images through the
     # public prediction path at their own size gives exactly the figures in metrics.json.
     config = TrainConfig.from_json(out / "config.json")
     assert config.size == 32 and config.lr == 0.25  # DATA_LR
+    assert config.click_steps == 3
     # The output bias starts at the logit of the training masks' foreground share.
     train_pairs, val_pairs = data.split_pairs(
         data.find_pairs(tmp_path / "shapes"), val_fraction=0.5, seed=0

@@ -6,7 +6,12 @@ answer it clicks inside the largest wrong region, at its pixel farthest from the
 boundary. Two methods side by side, from the same protocol:
 
   model     the network's mask (as predict.py finishes it) corrected with
-            `segment.inference.correct_mask`; the probability is predicted once per image
+            `segment.inference.correct_mask`; the probability is predicted once per image;
+            with the model's click network (clicks.keras beside it) where there is one, as
+            serve.py corrects
+  model-probability
+            where there is a click network: the same without it (the segmenter's
+            probability alone)
   grabcut   `correct_mask` from the clicks alone, without a network
   server    with --server URL: a running serve.py, asked as the page asks it: the photograph
             and every click so far, in one request per click (seconds per click: the whole
@@ -45,6 +50,7 @@ from segment.imageio import DataError, write_text
 from segment.inference import (
     correct_mask,
     finish_mask,
+    load_click_network,
     load_segmenter,
     predict_probability,
 )
@@ -86,22 +92,28 @@ def build_parser(prog=None):
     return parser
 
 
-def methods_for(model, server=None, *, grabcut=True):
+def methods_for(model, server=None, *, grabcut=True, click_network=None):
     """Methods by name, each `(image, path) -> segmenter(image, clicks) -> bool mask`:
     whatever the image alone gives (the network's probability) is computed once, outside the
     clicks; `server`'s answers are all requests; `grabcut=False` leaves the clicks-alone
-    method out."""
+    method out. With the model's `click_network`, "model" corrects with it (as serve.py
+    does) and "model-probability" without it."""
     methods = {}
     if model is not None:
         threshold = InferenceSettings.of(model).threshold
 
-        def corrected_model(image, path):
-            probability = predict_probability(model, image)
-            start = finish_mask(model, image, probability)
-            return lambda image, clicks: correct_mask(image, probability, clicks,
-                                                      threshold=threshold, start=start)
+        def corrected_model(network):
+            def segmenter(image, path):
+                probability = predict_probability(model, image)
+                start = finish_mask(model, image, probability)
+                return lambda image, clicks: correct_mask(
+                    image, probability, clicks, threshold=threshold, start=start,
+                    network=network)
+            return segmenter
 
-        methods["model"] = corrected_model
+        methods["model"] = corrected_model(click_network)
+        if click_network is not None:
+            methods["model-probability"] = corrected_model(None)
     if grabcut:
         methods["grabcut"] = lambda image, path: (
             lambda image, clicks: correct_mask(image, None, clicks))
@@ -246,8 +258,10 @@ def main(argv=None, prog=None) -> int:
         folder = evaluation_folder(args.data)
         pairs = find_pairs(folder)[: args.limit]
         model = None if args.model is None else load_segmenter(args.model)
-        rows = run_images(methods_for(model, args.server, grabcut=args.grabcut), pairs,
-                          args.max_clicks)
+        click_network = None if args.model is None else load_click_network(args.model)
+        methods = methods_for(model, args.server, grabcut=args.grabcut,
+                              click_network=click_network)
+        rows = run_images(methods, pairs, args.max_clicks)
     except DataError as error:
         return fail(error)
     report = interactive_report(rows, args.max_clicks)

@@ -188,6 +188,7 @@ def _train_ours(args, data, loss, seed, folder):
         options = QUICK if args.quick else ({"size": args.size} if args.size else {})
         config = TrainConfig(
             data=str(data), out=str(folder), minutes=args.minutes, loss=loss, seed=seed,
+            click_minutes=0,  # segmentation against segmentation, at equal time
             **options,
         )
         train(config, overwrite=True, verbose=0)

@@ -11,7 +11,7 @@ from segment.cli.common import (
     positive,
 )
 from segment.imageio import DataError
-from segment.inference import load_segmenter, model_to_use
+from segment.inference import load_click_network, load_segmenter, model_to_use
 
 EPILOG = """\
 examples:
@@ -85,6 +85,7 @@ def main(argv=None, prog=None):
         model_path = None  # labelling from clicks alone
     try:
         model = None if model_path is None else load_segmenter(model_path)
+        click_network = None if model_path is None else load_click_network(model_path)
     except ValueError as error:
         return fail(error)
     try:
@@ -95,6 +96,7 @@ def main(argv=None, prog=None):
             workers=args.workers,
             keep_orientation=args.keep_orientation,
             label=args.label,
+            click_network=click_network,
         )
     except DataError as error:  # the folder to label
         return fail(error)
@@ -103,6 +105,8 @@ def main(argv=None, prog=None):
         print(f"labelling {listing['count']} photographs in {args.label} "
               f"({listing['labelled']} with masks already)", flush=True)
     served = model_path or "no model (masks from clicks alone)"
+    if click_network is not None:
+        served = f"{served} with its click network"
     print(f"serving {served} on http://{args.host}:{args.port}/ (Ctrl+C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -8,6 +8,7 @@ from segment.data import DIFFICULTIES, GROUPED_PASTE_PROBABILITY, PASTE_PROBABIL
 from segment.losses import LOSSES
 from segment.model import FULL_RESOLUTION_CHOICES
 from segment.training import (
+    CLICK_MINUTES,
     DATA_LR,
     DATA_MINUTES,
     FEW_STEPS,
@@ -79,6 +80,16 @@ def _standard_error(results):
     return f" (standard error {error:.4f} over {over})"
 
 
+def _add_click_flags(parser):
+    clicks = parser.add_mutually_exclusive_group()
+    clicks.add_argument("--click-minutes", type=float, default=None, metavar="M",
+                        help="--data: then train the click network that corrects masks from "
+                        "a user's clicks (serve.py's page, POST /api/segment) for M minutes; 0 "
+                        f"for none (default: {CLICK_MINUTES:g})")
+    clicks.add_argument("--click-steps", type=int, default=None, metavar="N",
+                        help="the click network's training steps instead, exactly repeatable")
+
+
 def build_parser(prog=None):
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(
@@ -97,11 +108,11 @@ def build_parser(prog=None):
         f"size) for {INIT_MINUTES:g} minutes unless --epochs or --minutes says otherwise")
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=int, default=None,
-                        help="training epochs, exactly repeatable (default: what fits in "
-                        "--minutes)")
+                        help="training epochs, exactly repeatable (default: what fits in --minutes)")
     length.add_argument("--minutes", type=float, default=None,
                         help="wall-clock budget; training fits its epochs to it (default: "
                         f"{SYNTHETIC_MINUTES:g} on synthetic shapes, {DATA_MINUTES:g} with --data)")
+    _add_click_flags(parser)
     add("--steps-per-epoch", type=int, default=None,
         help=f"batches per epoch, each followed by validation (default: {STEPS_PER_EPOCH}; with "
         "--minutes, enough that validation takes at most a tenth of the time)")

@@ -45,6 +45,7 @@ from segment.deploy.labelling import LabelFolder, MaskExists
 from segment.imageio import DataError, decode_image, decoded_shape, encode_png
 from segment.inference import (
     OUTPUT_KINDS,
+    Click,
     correct_mask,
     finish_mask,
     parse_clicks,
@@ -144,6 +145,7 @@ def create_app(
     workers=2,
     keep_orientation=False,
     label=None,
+    click_network=None,
 ):
     """The ASGI app serving `model` (a `load_segmenter` result).
 
@@ -158,6 +160,9 @@ def create_app(
             `/api/label` endpoints that read its photographs and write `label/masks/`; with
             `model` None, masks come from clicks alone (`correct_mask` without a network).
             Defaults to None.
+        click_network: the model's click network (`load_click_network`), which corrections
+            from clicks then start from (`correct_mask`). Defaults to None (the model's
+            probability alone).
     """
     # Keep uploads in memory up to the limit (Starlette spools larger parts to a temporary
     # file): nothing a user sends is written to disk.
@@ -170,6 +175,9 @@ def create_app(
     if model is not None:
         # Warm up: the first prediction traces the network; do it before serving, once.
         predict_probability(model, np.zeros((multiple, multiple, 3), np.float32), tta=False)
+    if click_network is not None and model is not None:
+        warm = np.zeros((multiple, multiple, 3), np.float32)
+        correct_mask(warm, warm[..., 0], [Click(0, 0, True)], network=click_network)
 
     app = FastAPI(
         title="segment",
@@ -198,7 +206,7 @@ def create_app(
             "label": folder is not None,
         }
 
-    segment_image = _segment_endpoint(_Segmenter(model, upright=not keep_orientation), max_pixels, anyio.CapacityLimiter(workers))
+    segment_image = _segment_endpoint(_Segmenter(model, upright=not keep_orientation, click_network=click_network), max_pixels, anyio.CapacityLimiter(workers))
     app.post(
         "/api/segment",
         response_class=Response,
@@ -304,8 +312,8 @@ def _add_error_handlers(app):
 class _Segmenter:
     """Segments an uploaded image as `predict.py` does, into a PNG of the kind asked for."""
 
-    def __init__(self, model, *, upright=True):
-        self.model, self.upright = model, upright
+    def __init__(self, model, *, upright=True, click_network=None):
+        self.model, self.upright, self.click_network = model, upright, click_network
         self.lock = threading.Lock() if _backend(model) == "litert" else None  # one interpreter
 
     def png(self, data, name, output, *, tta, clicks=None, start=None, **finish):
@@ -325,7 +333,8 @@ class _Segmenter:
         if clicks is not None:  # the mask the user saw, corrected where they clicked
             threshold = InferenceSettings.of(self.model).replace(
                 threshold=finish.get("threshold")).threshold
-            mask = correct_mask(image, probability, clicks, threshold=threshold, start=mask)
+            mask = correct_mask(image, probability, clicks, threshold=threshold, start=mask,
+                                network=self.click_network)
         png = encode_png(render_output(output, image, probability, mask))
         del image, probability, mask
         _release_freed_memory()

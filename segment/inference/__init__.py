@@ -19,7 +19,13 @@ Typical use:
 from segment.inference.clicks import Click, correct_mask, parse_clicks
 from segment.inference.exported import METADATA_KEY, ExportedSegmenter, load_exported
 from segment.inference.files import collect_inputs, segment_files
-from segment.inference.loading import find_latest_model, load_segmenter, model_to_use
+from segment.inference.loading import (
+    CLICK_NETWORK,
+    find_latest_model,
+    load_click_network,
+    load_segmenter,
+    model_to_use,
+)
 from segment.inference.masks import (
     REFINE_SIDE,
     REFINE_SURE,
@@ -41,6 +47,7 @@ from segment.model import InferenceSettings, check_min_part, check_scales
 __all__ = [
     "check_min_part",
     "check_scales",
+    "CLICK_NETWORK",
     "clean_mask",
     "Click",
     "collect_inputs",
@@ -50,6 +57,7 @@ __all__ = [
     "find_latest_model",
     "finish_mask",
     "InferenceSettings",
+    "load_click_network",
     "load_exported",
     "load_segmenter",
     "METADATA_KEY",

@@ -136,7 +136,53 @@ def default_radius(shape):
     return CLICK_RADIUS * float(np.hypot(height, width))
 
 
-def correct_mask(image, probability, clicks, *, threshold=0.5, radius=None, start=None):
+# A click network's guidance: the mask being corrected, then discs at the foreground clicks and
+# at the background clicks, at the network's working size.
+GUIDANCE = 3
+
+
+def guidance_radius(shape):
+    """The radius, in pixels of an image of `shape`, of a click's disc in a click network's
+    guidance: `CLICK_RADIUS` of the diagonal, at least `LEAST_RADIUS`."""
+    return max(LEAST_RADIUS, round(default_radius(shape)))
+
+
+def guidance_maps(start, clicks, radius):
+    """float32 `(height, width, GUIDANCE)`: the mask `start`, the discs of the foreground
+    clicks, the discs of the background clicks."""
+    maps = np.empty((*start.shape, GUIDANCE), np.float32)
+    maps[..., 0] = start
+    maps[..., 1] = _discs(start.shape, clicks, radius, True)
+    maps[..., 2] = _discs(start.shape, clicks, radius, False)
+    return maps
+
+
+def network_correction(network, image, start, clicks):
+    """A click network's foreground probability for `image`, the mask `start` and the
+    `clicks`, at the image's own size: it runs once at its working size, the image
+    reflect-padded and the guidance zero-padded to its size multiple."""
+    # Imported here: tiling imports the model's settings.
+    from segment.inference.tiling import size_multiple
+    from segment.model import InferenceSettings
+
+    shape = image.shape[:2]
+    side = InferenceSettings.of(network).working_size
+    small_shape = scaled_shape(shape, side) if side else shape
+    scale = small_shape[0] / shape[0], small_shape[1] / shape[1]
+    small_clicks = [_scaled_click(click, scale, small_shape) for click in clicks]
+    guides = guidance_maps(_scaled_mask(start, small_shape), small_clicks,
+                           guidance_radius(small_shape))
+    multiple = size_multiple(network)
+    padding = [(0, -small_shape[0] % multiple), (0, -small_shape[1] % multiple), (0, 0)]
+    pixels = np.pad(_scaled(image, small_shape), padding, mode="reflect")
+    guides = np.pad(guides, padding)
+    output = network.predict_on_batch([pixels[None], guides[None]])
+    probability = np.asarray(output)[0, : small_shape[0], : small_shape[1], 0]
+    return np.clip(_scaled(probability.astype(np.float32), shape), 0.0, 1.0)
+
+
+def correct_mask(image, probability, clicks, *, threshold=0.5, radius=None, start=None,
+                 network=None):
     """The mask of `image` corrected by the user's `clicks`.
 
     The network's probability is the starting point (`probability > threshold`, or `start`)
@@ -152,6 +198,10 @@ def correct_mask(image, probability, clicks, *, threshold=0.5, radius=None, star
       where the network was least sure, and nowhere beyond the cut-off. Where the starting
       mask overrules the network (a finished or saved mask), its pixels count as surely on
       their side as a click.
+    - With a click network as well (`network`, trained by `train.py --data` beside the
+      segmenter: `segment.training.clicks`), it first answers from the image, the starting
+      mask and every click; its probability then takes the place of the segmenter's, its
+      mask of the starting one, and the clicks move its boundary as above.
     - From the clicks alone, GrabCut is seeded with the clicks' discs as sure labels, the
       surroundings of each click (within `CLICK_RELAX` of the diagonal) as probably the
       click's kind, and the rest as the starting mask says; its result replaces the starting
@@ -173,6 +223,8 @@ def correct_mask(image, probability, clicks, *, threshold=0.5, radius=None, star
             GrabCut's seeds are at least `LEAST_RADIUS` pixels at its scale.
         start: bool `(height, width)`: the mask the user corrects, e.g. `finish_mask`'s.
             Defaults to `probability > threshold` (empty without a probability).
+        network: a click network (`segment.inference.load_click_network`), used where
+            there is a probability. Defaults to None (the segmenter's probability alone).
 
     Returns:
         bool array `(height, width)`; the starting mask itself without clicks.
@@ -187,6 +239,10 @@ def correct_mask(image, probability, clicks, *, threshold=0.5, radius=None, star
     clicks = _checked(clicks, shape)
     if not clicks:
         return start.copy()
+    if network is not None and probability is not None:
+        # The click network's answer replaces the probability and the mask it corrected.
+        probability = network_correction(network, image, start, clicks)
+        start, threshold = probability > 0.5, 0.5
     small_shape = scaled_shape(shape, CLICK_SIDE) if max(shape) > CLICK_SIDE else shape
     scale = small_shape[0] / shape[0], small_shape[1] / shape[1]
     small_clicks = [_scaled_click(click, scale, small_shape) for click in clicks]

@@ -8,7 +8,11 @@ import keras
 from segment.imageio import DataError
 from segment.inference.exported import load_exported
 
-__all__ = ["find_latest_model", "load_segmenter", "model_to_use"]
+__all__ = ["CLICK_NETWORK", "find_latest_model", "load_click_network", "load_segmenter",
+           "model_to_use"]
+
+# The click network `train.py --data` saves beside model.keras (segment.training.clicks).
+CLICK_NETWORK = "clicks.keras"
 
 
 def load_segmenter(path):
@@ -43,6 +47,20 @@ def load_segmenter(path):
         return keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as error:  # Keras reports bad files as ValueError, TypeError, KeyError...
         raise DataError(f"{path}: {_load_failure_reason(error)}") from None
+
+
+def load_click_network(model_path):
+    """The click network saved beside the model at `model_path` (`CLICK_NETWORK` in the
+    same folder), loaded as `load_segmenter` loads; None where there is none (an exported
+    model, a synthetic-shapes run, a run from before click networks).
+
+    Raises:
+        DataError: the file is there but cannot be loaded (as `load_segmenter`).
+    """
+    path = Path(model_path).with_name(CLICK_NETWORK)
+    if Path(model_path).suffix.lower() != ".keras" or not path.is_file():
+        return None
+    return load_segmenter(path)
 
 
 def _load_failure_reason(error):

@@ -8,6 +8,7 @@
 - `callbacks`: validation as prediction runs, and the run folder's writers.
 - `run_folder`: creating, resuming and replacing run folders.
 - `mask_settings`: how a trained model's masks are finished, chosen on validation.
+- `clicks`: the click network, trained after the segmenter to correct masks from clicks.
 - `devices`: strategies, the chief worker, lost workers, mixed precision.
 - `selection`: choices on a few validation groups, held to one standard error.
 """
@@ -20,6 +21,7 @@ from segment.training.budget import (
     replan_epochs,
 )
 from segment.training.config import (
+    CLICK_MINUTES,
     DATA_LR,
     DATA_MINUTES,
     HALVINGS,
@@ -49,6 +51,7 @@ __all__ = [
     "check_config",
     "choose_mask_settings",
     "choose_working_size",
+    "CLICK_MINUTES",
     "DATA_LR",
     "DATA_MINUTES",
     "DATA_SCALES",

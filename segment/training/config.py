@@ -16,7 +16,7 @@ from segment.model import BASE_FILTERS, DEPTH, FULL_RESOLUTION, FULL_RESOLUTION_
 from segment.training.devices import native_half_precision
 
 __all__ = [
-    "choose_working_size", "DATA_LR", "DATA_MINUTES", "HALVINGS", "INIT_MINUTES",
+    "choose_working_size", "CLICK_MINUTES", "DATA_LR", "DATA_MINUTES", "HALVINGS", "INIT_MINUTES",
     "init_settings", "MAX_WORKING_SIZE",
     "STEPS_PER_EPOCH", "SYNTHETIC_LR", "SYNTHETIC_MINUTES", "SYNTHETIC_SIZE", "TrainConfig",
     "check_config", "resolve_config",
@@ -82,6 +82,11 @@ class TrainConfig:
     # A trained model.keras to start from (fine-tuning): its run folder's network and working
     # size, its weights, and INIT_MINUTES unless a length is given (`init_settings`).
     init: str | None = None
+    # The click network trained after the segmenter on --data (segment.training.clicks): its
+    # wall-clock minutes (None: CLICK_MINUTES on --data, none on synthetic shapes; 0: none),
+    # or its exact steps (recorded here once a budget has planned them).
+    click_minutes: float | None = None
+    click_steps: int | None = None
 
     def to_json(self, path):
         write_text(path, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
@@ -115,6 +120,7 @@ class TrainConfig:
 SYNTHETIC_MINUTES = 9.0
 DATA_MINUTES = 10.0
 INIT_MINUTES = 5.0  # fine-tuning a trained model (--init)
+CLICK_MINUTES = 10.0  # the click network's training after a --data segmenter's
 HALVINGS = 4  # rate halvings spread evenly over the run when --halve-every is not given
 STEPS_PER_EPOCH = 100  # batches per epoch when neither --steps-per-epoch nor a budget sets it
 
@@ -147,7 +153,7 @@ def check_config(config):
         )
     if config.strategy not in ("default", "mirrored", "multiworker"):
         raise ValueError(f"unknown strategy {config.strategy!r}; use default, mirrored or multiworker")
-    for name in ("epochs", "steps_per_epoch", "batch_size", "halve_every"):
+    for name in ("epochs", "steps_per_epoch", "batch_size", "halve_every", "click_steps"):
         value = getattr(config, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -159,6 +165,16 @@ def check_config(config):
         raise ValueError(f"--minutes must be positive, got {config.minutes}")
     if config.epochs is not None and config.minutes is not None:
         raise ValueError("give --epochs or --minutes, not both")
+    if config.click_minutes is not None and config.click_minutes < 0:
+        raise ValueError(f"--click-minutes must be 0 (no click network) or more, got "
+                         f"{config.click_minutes}")
+    clicks = config.click_steps or config.click_minutes
+    if clicks and config.data is None:
+        raise ValueError("a click network learns to correct masks of your images: give --data "
+                         "with --click-minutes or --click-steps")
+    if clicks and config.strategy == "multiworker":
+        raise ValueError("a click network trains on one machine: leave out --click-minutes and "
+                         "--click-steps with --strategy multiworker")
     if config.strategy == "multiworker" and config.out is None:
         raise ValueError(
             "--strategy multiworker needs --out: the same run folder for every worker, on "
@@ -238,6 +254,9 @@ def resolve_config(config, pairs, *, grouped=False):
         config.mixed_precision = config.strategy != "multiworker" and native_half_precision()
     if config.epochs is None and config.minutes is None:
         config.minutes = SYNTHETIC_MINUTES if pairs is None else DATA_MINUTES
+    if config.click_minutes is None and config.click_steps is None:
+        one_machine = config.strategy != "multiworker"
+        config.click_minutes = CLICK_MINUTES if pairs is not None and one_machine else 0.0
     if config.steps_per_epoch is None and config.epochs is not None:
         config.steps_per_epoch = STEPS_PER_EPOCH  # a budget chooses its own (fit_budget)
     return config

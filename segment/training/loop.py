@@ -12,9 +12,11 @@ from pathlib import Path
 import keras
 
 from segment.imageio import DataError, keep_stored_orientation, write_text
+from segment.inference.loading import CLICK_NETWORK
 from segment.model import spans_workers
 from segment.training.budget import Budget
 from segment.training.callbacks import run_folder_callbacks
+from segment.training.clicks import click_network, clicks_to_90, train_click_network
 from segment.training.config import (
     TrainConfig,
     check_config,
@@ -40,8 +42,12 @@ from segment.training.run_folder import (
     BACKUP,
     history_best,
     prepare_run_folder,
+    save_atomically,
     unfinished,
 )
+
+# Seconds a click phase keeps, of its minutes, for saving the click network.
+CLICK_SAVE_SECONDS = 5
 
 __all__ = ["train"]
 
@@ -112,7 +118,12 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
         seconds = run.fit(budget, folder, callbacks, verbose)
     if not chief:
         return None, None
-    return folder, _close(folder, run, budget, split, seconds=seconds, started=started)
+    results = _close(folder, run, budget, split, seconds=seconds, started=started)
+    if config.click_steps or config.click_minutes:
+        with precision(config.mixed_precision):
+            results = _train_clicks(folder, config, pairs, run.validation, results,
+                                    started=started, verbose=verbose)
+    return folder, results
 
 
 class _Run:
@@ -215,6 +226,51 @@ def _close(folder, run, budget, split, *, seconds, started):
             "total_seconds": round(time.perf_counter() - started, 1),
         }
     )
+    write_text(folder / "metrics.json", json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _train_clicks(folder, config, pairs, validation, results, *, started, verbose):
+    """Train the click network for the saved model (`segment.training.clicks`) and keep it
+    beside it (`CLICK_NETWORK`) where the simulated annotator needs fewer clicks with it on
+    the validation images; record its steps in config.json, the check in metrics.json."""
+    began = time.perf_counter()
+    segmenter = keras.saving.load_model(folder / "model.keras", safe_mode=True, compile=False)
+    if config.click_steps:
+        length, deadline = f"{config.click_steps} steps", None
+    else:
+        # The check after training, timed on one validation image once its graphs are traced.
+        first, untrained = [next(iter(validation))], click_network(segmenter, config)
+        clicks_to_90(segmenter, untrained, first)
+        timed = time.perf_counter()
+        clicks_to_90(segmenter, untrained, first)
+        checking = (time.perf_counter() - timed) * len(validation)
+        length = f"{config.click_minutes:g} minutes"
+        deadline = began + config.click_minutes * 60 - checking - CLICK_SAVE_SECONDS
+    print(f"training the click network for {length} (--click-minutes 0 for none)"
+          + ("" if deadline is None else
+             f", {checking:.0f} s of them to check it on the validation images"), flush=True)
+    initial = None if config.init is None else Path(config.init).with_name(CLICK_NETWORK)
+    network, steps = train_click_network(
+        config, pairs, segmenter, steps=config.click_steps, deadline=deadline,
+        initial=initial if initial is not None and initial.is_file() else None,
+        verbose=(1 if sys.stdout.isatty() else 2) if verbose is None else verbose)
+    scores = clicks_to_90(segmenter, network, validation)
+    kept = scores["with"] < scores["without"]
+    if kept:
+        save_atomically(network, folder / CLICK_NETWORK)
+    else:  # nor one from an earlier try of this run
+        (folder / CLICK_NETWORK).unlink(missing_ok=True)
+    print(f"validation: {scores['with']:.2f} clicks to IoU 0.90 with the click network, "
+          f"{scores['without']:.2f} without: "
+          + (f"saved as {CLICK_NETWORK}" if kept else "not kept"), flush=True)
+    if not config.click_steps:  # recorded: a resumed or repeated run trains as many
+        config.click_steps = steps
+        config.to_json(folder / "config.json")
+    results = {**results, "click_network": kept, "click_steps": steps,
+               "click_noc90": scores["with"], "click_noc90_without": scores["without"],
+               "click_seconds": round(time.perf_counter() - began, 1),
+               "total_seconds": round(time.perf_counter() - started, 1)}
     write_text(folder / "metrics.json", json.dumps(results, indent=2) + "\n")
     return results
 

@@ -16,13 +16,16 @@ __all__ = ["DATA_SCALES", "build_network", "compile_network"]
 DATA_SCALES = (0.75, 0.875, 1.0, 1.125, 1.25)
 
 
-def build_network(config):
+def build_network(config, *, guidance=0):
+    """The network `config` describes; with `guidance` channels, a click network's
+    (`segment.training.clicks`)."""
     return build_model(
         base_filters=config.base_filters,
         depth=config.depth,
         full_resolution=config.full_resolution,
         context=config.context,
         foreground_prior=config.foreground_prior,
+        guidance=guidance,
         # Every model averages the four flips; a --data model, whose images are small at its
         # working size, also DATA_SCALES (five scales cost synthetic `hard` shapes IoU).
         inference=(
