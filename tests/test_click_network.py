@@ -145,9 +145,15 @@ def test_a_model_without_a_click_network_has_none(tmp_path):
     assert len(load_click_network(path).inputs) == 2
 
 
-@pytest.mark.parametrize("with_it, kept", [(1.5, True), (2.5, False)])
-def test_train_keeps_the_click_network_only_where_it_saves_clicks(tmp_path, monkeypatch,
-                                                                   with_it, kept):
+@pytest.mark.parametrize("with_it, without, kept", [
+    ([1, 1], [3, 3], True),
+    ([2, 3], [2, 3], False),
+    # Fewer on average (2 against 2.25), but by less than the standard error of the
+    # difference (0.25 against 0.75): not clearly fewer.
+    ([1, 3], [2, 2.5], False),
+])
+def test_train_keeps_the_click_network_only_where_it_clearly_saves_clicks(
+        tmp_path, monkeypatch, with_it, without, kept):
     from segment.training import loop, train
 
     _folder(tmp_path / "shapes")
@@ -155,7 +161,7 @@ def test_train_keeps_the_click_network_only_where_it_saves_clicks(tmp_path, monk
 
     def scores(segmenter, network, samples, **_):
         checked.append(len(list(samples)))
-        return {"with": with_it, "without": 2.0}
+        return {"with": with_it, "without": without}
 
     monkeypatch.setattr(loop, "clicks_to_90", scores)
     config = _config(data=str(tmp_path / "shapes"), out=str(tmp_path / "run"), epochs=1,
@@ -164,5 +170,6 @@ def test_train_keeps_the_click_network_only_where_it_saves_clicks(tmp_path, monk
     assert checked == [2]  # every validation image
     assert (folder / "clicks.keras").is_file() == kept
     assert results["click_network"] == kept
-    assert (results["click_noc90"], results["click_noc90_without"]) == (with_it, 2.0)
+    assert (results["click_noc90"], results["click_noc90_without"]) == (
+        np.mean(with_it), np.mean(without))
     assert json.loads((folder / "metrics.json").read_text())["click_network"] == kept

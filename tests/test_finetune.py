@@ -53,7 +53,7 @@ def test_a_fine_tuned_run_starts_from_the_model_s_weights_and_network(trained):
     # Each run trains its click network, kept where it saves clicks on validation.
     assert recorded["click_steps"] == 2 and results["click_steps"] == 2
     assert (folder / "clicks.keras").is_file() == results["click_network"]
-    assert results["click_network"] == (results["click_noc90"] < results["click_noc90_without"])
+    assert results["click_noc90"] < results["click_noc90_without"] or not results["click_network"]
 
 
 def test_fine_tuning_defaults_to_its_own_shorter_budget(trained):

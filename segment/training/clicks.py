@@ -204,10 +204,11 @@ def train_click_network(config, pairs, segmenter, *, steps=None, deadline=None, 
 
 
 def clicks_to_90(segmenter, network, samples, *, max_clicks=CHECK_CLICKS):
-    """`{"with": NoC@90, "without": NoC@90}`: the mean clicks of the simulated annotator
-    (`segment.evaluation.interactive`) to IoU 0.90 on `samples` (`(name, image, truth)`, as
-    `validation_samples` gives them; `max_clicks` where never reached), each image's finished
-    mask corrected as serve.py corrects it, with the click `network` and without it."""
+    """`{"with": [...], "without": [...]}`: per sample, the clicks of the simulated annotator
+    (`segment.evaluation.interactive`) to IoU 0.90 (`max_clicks` where never reached) on
+    `samples` (`(name, image, truth)`, as `validation_samples` gives them), each image's
+    finished mask corrected as serve.py corrects it, with the click `network` and without
+    it."""
     threshold = InferenceSettings.of(segmenter).threshold
     counts = {"with": [], "without": []}
     for _, image, truth in samples:
@@ -219,4 +220,4 @@ def clicks_to_90(segmenter, network, samples, *, max_clicks=CHECK_CLICKS):
                                     start=start, network=used)
             ious, _ = simulate(corrected, image, truth, max_clicks=max_clicks)
             counts[name].append(noc(ious, 0.9, max_clicks))
-    return {name: float(np.mean(values)) for name, values in counts.items()}
+    return counts
