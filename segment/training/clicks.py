@@ -10,7 +10,9 @@ segmenter's, the first clicks are those the simulated annotator of the benchmark
 (`segment.evaluation.interactive.next_click`), each on the error it is about corrected, and one
 more click may follow from the click network's own answer, so it learns to correct itself.
 `train.py --data` trains one after the segmenter (`train_click_network`) and saves it beside
-`model.keras` as `clicks.keras`; `segment.inference.correct_mask` uses it where it is there.
+`model.keras` as `clicks.keras` where the annotator on the validation images needs clearly
+fewer clicks with it (`clicks_to_90`); `segment.inference.correct_mask` uses it where it is
+there.
 """
 
 import time
