@@ -343,7 +343,9 @@ def test_a_data_budget_of_few_steps_plans_again_at_the_smaller_size(tmp_path, mo
 
 
 def _tiny_config(folder, **settings):
-    """A tiny synthetic run's settings, for the tests of budgeted runs."""
+    """A tiny synthetic run's settings, for the tests of budgeted runs (with `data`, no click
+    network)."""
+    settings.setdefault("click_minutes", 0.0)
     return TrainConfig(out=str(folder), size=32, batch_size=4, val_count=4, base_filters=4,
                        depth=2, **settings)
 
