@@ -40,7 +40,9 @@ how long:
   machine slows down after that, training stops at the deadline. --epochs N gives an
   exactly repeatable run instead (the same seed, the same weights when run again on one
   CPU). The rate halves {HALVINGS} times, evenly spread over the run, unless --halve-every
-  is given.
+  is given. With --data, {CLICK_MINUTES:g} more minutes then train the click network that
+  corrects masks from clicks on serve.py's page (--click-minutes M, 0 for none); it is kept
+  as clicks.keras only where it clearly saves clicks on the validation images.
 
 --data and the working size:
   Every image is scaled, keeping its aspect ratio, so that its longer side is the working
