@@ -173,3 +173,25 @@ def test_train_keeps_the_click_network_only_where_it_clearly_saves_clicks(
     assert (results["click_noc90"], results["click_noc90_without"]) == (
         np.mean(with_it), np.mean(without))
     assert json.loads((folder / "metrics.json").read_text())["click_network"] == kept
+
+
+def test_the_benchmark_corrects_with_and_without_the_click_network_from_one_prediction(
+        monkeypatch):
+    from segment.benchmarks.interactive import methods_for
+    from segment.evaluation import interactive
+
+    predicted = []
+    real = interactive.predict_probability
+    monkeypatch.setattr(interactive, "predict_probability",
+                        lambda model, image: predicted.append(1) or real(model, image))
+    keras.utils.set_random_seed(0)
+    model = build_model(base_filters=4, depth=2, inference={"threshold": 0.5, "tta": False})
+    methods = methods_for(model, grabcut=False, click_network=_constant_network(6.0))
+    assert sorted(methods) == ["model", "model-probability"]
+    image = np.full((48, 64, 3), 0.4, np.float32)
+    masks = {name: method(image, "a.png")(image, [Click(5, 5, True)])
+             for name, method in methods.items()}
+    assert len(predicted) == 1  # one prediction for both
+    assert masks["model"].all() and not masks["model-probability"].all()
+    methods["model"](image, "b.png")
+    assert len(predicted) == 2  # the next image is predicted again

@@ -45,16 +45,13 @@ from segment.benchmarks.figures import pyplot, save_figure
 from segment.cli.common import HelpFormatter, fail, positive
 from segment.data import find_pairs, read_pair
 from segment.evaluation import evaluation_folder
-from segment.evaluation.interactive import noc, simulate
+from segment.evaluation.interactive import model_corrections, noc, simulate
 from segment.imageio import DataError, write_text
 from segment.inference import (
     correct_mask,
-    finish_mask,
     load_click_network,
     load_segmenter,
-    predict_probability,
 )
-from segment.model import InferenceSettings
 
 __all__ = ["build_parser", "interactive_report", "main", "markdown"]
 
@@ -100,20 +97,19 @@ def methods_for(model, server=None, *, grabcut=True, click_network=None):
     does) and "model-probability" without it."""
     methods = {}
     if model is not None:
-        threshold = InferenceSettings.of(model).threshold
+        networks = {"model": click_network}
+        if click_network is not None:
+            networks["model-probability"] = None
+        last = {}  # the last image's corrections: one prediction serves every network
 
-        def corrected_model(network):
+        def corrected_model(name):
             def segmenter(image, path):
-                probability = predict_probability(model, image)
-                start = finish_mask(model, image, probability)
-                return lambda image, clicks: correct_mask(
-                    image, probability, clicks, threshold=threshold, start=start,
-                    network=network)
+                if last.get("path") != path:
+                    last.update(path=path, corrections=model_corrections(model, image, networks))
+                return last["corrections"][name]
             return segmenter
 
-        methods["model"] = corrected_model(click_network)
-        if click_network is not None:
-            methods["model-probability"] = corrected_model(None)
+        methods.update({name: corrected_model(name) for name in networks})
     if grabcut:
         methods["grabcut"] = lambda image, path: (
             lambda image, clicks: correct_mask(image, None, clicks))

@@ -14,10 +14,16 @@ import time
 import cv2
 import numpy as np
 
-from segment.inference import Click
+from segment.inference import (
+    Click,
+    InferenceSettings,
+    correct_mask,
+    finish_mask,
+    predict_probability,
+)
 from segment.metrics import iou
 
-__all__ = ["next_click", "noc", "simulate"]
+__all__ = ["model_corrections", "next_click", "noc", "simulate"]
 
 
 def next_click(prediction, truth):
@@ -105,3 +111,20 @@ def noc(ious, target, max_clicks=20):
         if value >= target:
             return clicks
     return max_clicks
+
+
+def model_corrections(model, image, click_networks):
+    """`{name: segmenter(image, clicks) -> bool mask}` for `simulate`: `model`'s mask of
+    `image`, finished as predict.py finishes it, corrected as serve.py corrects it
+    (`correct_mask`) with each of `click_networks` (`{name: click network, or None for the
+    model's probability alone}`). The probability is predicted and finished once for all."""
+    probability = predict_probability(model, image)
+    start = finish_mask(model, image, probability)
+    threshold = InferenceSettings.of(model).threshold
+
+    def corrected(network):
+        return lambda image, clicks: correct_mask(image, probability, clicks,
+                                                  threshold=threshold, start=start,
+                                                  network=network)
+
+    return {name: corrected(network) for name, network in click_networks.items()}

@@ -22,12 +22,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from segment.evaluation.interactive import next_click, noc, simulate
+from segment.evaluation.interactive import model_corrections, next_click, noc, simulate
 from segment.imageio import VOID_LABEL
-from segment.inference import correct_mask, finish_mask, predict_probability
 from segment.inference.clicks import GUIDANCE, _discs, guidance_maps, guidance_radius
 from segment.losses import LOSSES
-from segment.model import InferenceSettings, SegmentationModel, without_void
+from segment.model import SegmentationModel, without_void
 from segment.optimizers import StepHalvingSGD
 from segment.training.budget import StepTimes
 from segment.training.inputs import training_stream
@@ -211,15 +210,10 @@ def clicks_to_90(segmenter, network, samples, *, max_clicks=CHECK_CLICKS):
     `samples` (`(name, image, truth)`, as `validation_samples` gives them), each image's
     finished mask corrected as serve.py corrects it, with the click `network` and without
     it."""
-    threshold = InferenceSettings.of(segmenter).threshold
     counts = {"with": [], "without": []}
     for _, image, truth in samples:
-        probability = predict_probability(segmenter, image)
-        start = finish_mask(segmenter, image, probability)
-        for name, used in (("with", network), ("without", None)):
-            def corrected(image, clicks, used=used):
-                return correct_mask(image, probability, clicks, threshold=threshold,
-                                    start=start, network=used)
+        corrections = model_corrections(segmenter, image, {"with": network, "without": None})
+        for name, corrected in corrections.items():
             ious, _ = simulate(corrected, image, truth, max_clicks=max_clicks)
             counts[name].append(noc(ious, 0.9, max_clicks))
     return counts

@@ -95,6 +95,7 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
             a missing or bad `--data` folder or an existing run folder).
     """
     started = time.perf_counter()
+    verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
     config = _config_to_run(config, resume)
     keep_stored_orientation(config.keep_orientation)
     strategy = make_strategy(config.strategy)  # first: before any other TensorFlow work
@@ -167,7 +168,6 @@ class _Run:
             )
         else:
             own = [keras.callbacks.TerminateOnNaN()]
-        verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
 
         def fit(train_data, initial_epoch, extra_callbacks=()):
             model.fit(train_data, epochs=config.epochs, initial_epoch=initial_epoch,
@@ -259,7 +259,7 @@ def _train_clicks(folder, config, pairs, run, results, *, started, verbose):
     network, steps = train_click_network(
         config, pairs, segmenter, steps=config.click_steps, deadline=deadline,
         initial=initial if initial is not None and initial.is_file() else None,
-        verbose=(1 if sys.stdout.isatty() else 2) if verbose is None else verbose)
+        verbose=verbose)
     counts = clicks_to_90(segmenter, network, validation)
     kept = clearly_worse(np.negative(counts["without"]), np.negative(counts["with"]),
                          run.groups)
