@@ -225,6 +225,10 @@ def test_simulate_stops_when_perfect_and_carries_the_iou():
 
     ious, seconds = simulate(segmenter, None, truth, max_clicks=5)
     assert ious == [0.0, 100 / 125, 1.0, 1.0, 1.0, 1.0] and len(seconds) == 2
+    # Told to stop at 0.75, it stops after the first click and carries its IoU.
+    ious, seconds = simulate(segmenter, None, truth, max_clicks=5, until=0.75)
+    assert ious == [0.0] + [100 / 125] * 5 and len(seconds) == 1
+    assert noc(ious, 0.75, 5) == 1
 
 
 def test_noc_counts_clicks_to_the_target():

@@ -41,8 +41,9 @@ how long:
   exactly repeatable run instead (the same seed, the same weights when run again on one
   CPU). The rate halves {HALVINGS} times, evenly spread over the run, unless --halve-every
   is given. With --data, {CLICK_MINUTES:g} more minutes then train the click network that
-  corrects masks from clicks on serve.py's page (--click-minutes M, 0 for none); it is kept
-  as clicks.keras only where it clearly saves clicks on the validation images.
+  corrects masks from clicks on serve.py's page (--click-minutes M, 0 for none); a check on
+  the validation images follows (well under a minute for a hundred), and it is kept as
+  clicks.keras only where it clearly saves clicks there.
 
 --data and the working size:
   Every image is scaled, keeping its aspect ratio, so that its longer side is the working

@@ -66,7 +66,7 @@ def next_click(prediction, truth):
     return Click(int(x) - 1, int(y) - 1, foreground)
 
 
-def simulate(segmenter, image, truth, *, max_clicks=20):
+def simulate(segmenter, image, truth, *, max_clicks=20, until=None):
     """Correct one image click by click, as the annotator of `next_click` would.
 
     Args:
@@ -76,16 +76,18 @@ def simulate(segmenter, image, truth, *, max_clicks=20):
         truth: bool `(height, width)`, the true mask (a masked array leaves its void
             pixels out, as `segment.metrics` does).
         max_clicks: the most clicks. Defaults to 20.
+        until: stop once the IoU reaches this, where only the clicks to reach it are
+            wanted (`noc`). Defaults to None: every click.
 
     Returns:
         `(ious, seconds)`: the IoU after 0, 1, ..., `max_clicks` clicks (`max_clicks + 1`
-        values; once the mask is perfect the last IoU is carried forward), and the seconds the
-        segmenter took for each click made.
+        values; once the mask is perfect, or reaches `until`, the last IoU is carried
+        forward), and the seconds the segmenter took for each click made.
     """
     clicks, seconds = [], []
     mask = segmenter(image, [])
     ious = [iou(mask, truth)]
-    while len(clicks) < max_clicks:
+    while len(clicks) < max_clicks and (until is None or ious[-1] < until):
         click = next_click(mask, truth)
         if click is None:
             break

@@ -17,7 +17,7 @@ from segment.inference.loading import CLICK_NETWORK
 from segment.model import spans_workers
 from segment.training.budget import Budget
 from segment.training.callbacks import run_folder_callbacks
-from segment.training.clicks import click_network, clicks_to_90, train_click_network
+from segment.training.clicks import clicks_to_90, train_click_network
 from segment.training.config import (
     TrainConfig,
     check_config,
@@ -47,9 +47,6 @@ from segment.training.run_folder import (
     unfinished,
 )
 from segment.training.selection import clearly_worse
-
-# Seconds a click phase keeps, of its minutes, for saving the click network.
-CLICK_SAVE_SECONDS = 5
 
 __all__ = ["train"]
 
@@ -244,17 +241,10 @@ def _train_clicks(folder, config, pairs, run, results, *, started, verbose):
     if config.click_steps:
         length, deadline = f"{config.click_steps} steps", None
     else:
-        # The check after training, timed on one validation image once its graphs are traced.
-        first, untrained = [next(iter(validation))], click_network(segmenter, config)
-        clicks_to_90(segmenter, untrained, first)
-        timed = time.perf_counter()
-        clicks_to_90(segmenter, untrained, first)
-        checking = (time.perf_counter() - timed) * len(validation)
         length = f"{config.click_minutes:g} minutes"
-        deadline = began + config.click_minutes * 60 - checking - CLICK_SAVE_SECONDS
-    print(f"training the click network for {length} (--click-minutes 0 for none)"
-          + ("" if deadline is None else
-             f", {checking:.0f} s of them to check it on the validation images"), flush=True)
+        deadline = began + config.click_minutes * 60
+    print(f"training the click network for {length} (--click-minutes 0 for none), then "
+          f"checking it on the {len(validation)} validation images", flush=True)
     initial = None if config.init is None else Path(config.init).with_name(CLICK_NETWORK)
     network, steps = train_click_network(
         config, pairs, segmenter, steps=config.click_steps, deadline=deadline,
