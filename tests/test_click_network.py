@@ -12,7 +12,8 @@ from PIL import Image
 
 from segment import data
 from segment.inference import Click, correct_mask, load_click_network
-from segment.inference.clicks import GUIDANCE, guidance_radius
+from segment.inference import clicks as clicks_module
+from segment.inference.clicks import GUIDANCE, NETWORK_CLICKS, guidance_radius
 from segment.model import build_model
 from segment.training import TrainConfig, check_config
 from segment.training.clicks import click_network, first_guidance, train_click_network
@@ -76,6 +77,24 @@ def test_corrections_start_from_the_click_network_s_answer():
     # No clicks: the starting mask, the click network not asked.
     np.testing.assert_array_equal(
         correct_mask(image, probability, [], network=_constant_network(6.0)), probability > 0.5)
+
+
+def test_the_click_network_answers_from_the_first_clicks_and_later_ones_still_win(
+        monkeypatch):
+    shown = []
+
+    def everywhere(network, image, start, clicks):  # a click network sure of foreground
+        shown.append(len(clicks))
+        return np.full(image.shape[:2], 0.99, np.float32)
+
+    monkeypatch.setattr(clicks_module, "network_correction", everywhere)
+    image = np.full((60, 80, 3), 0.5, np.float32)
+    probability = np.full((60, 80), 0.01, np.float32)
+    clicks = [Click(4 + 8 * i, 5, True) for i in range(NETWORK_CLICKS)]
+    clicks += [Click(20, 40, False), Click(60, 50, False)]
+    mask = correct_mask(image, probability, clicks, network="a click network")
+    assert shown == [NETWORK_CLICKS]
+    assert mask[5, 4] and mask[0, 0] and not mask[40, 20] and not mask[50, 60]
 
 
 def test_the_api_corrects_with_the_click_network():

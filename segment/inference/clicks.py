@@ -139,6 +139,10 @@ def default_radius(shape):
 # A click network's guidance: the mask being corrected, then discs at the foreground clicks and
 # at the background clicks, at the network's working size.
 GUIDANCE = 3
+# A click network answers from the first NETWORK_CLICKS clicks; later ones move its boundary
+# as they move the segmenter's (it learnt with at most four, and beyond about ten its answers
+# fall behind: docs/experiments.md, "The click network's steps and first clicks").
+NETWORK_CLICKS = 8
 
 
 def guidance_radius(shape):
@@ -200,8 +204,9 @@ def correct_mask(image, probability, clicks, *, threshold=0.5, radius=None, star
       their side as a click.
     - With a click network as well (`network`, trained by `train.py --data` beside the
       segmenter: `segment.training.clicks`), it first answers from the image, the starting
-      mask and every click; its probability then takes the place of the segmenter's, its
-      mask of the starting one, and the clicks move its boundary as above.
+      mask and the first `NETWORK_CLICKS` clicks; its probability then takes the place of
+      the segmenter's, its mask of the starting one, and every click moves its boundary as
+      above.
     - From the clicks alone, GrabCut is seeded with the clicks' discs as sure labels, the
       surroundings of each click (within `CLICK_RELAX` of the diagonal) as probably the
       click's kind, and the rest as the starting mask says; its result replaces the starting
@@ -241,7 +246,7 @@ def correct_mask(image, probability, clicks, *, threshold=0.5, radius=None, star
         return start.copy()
     if network is not None and probability is not None:
         # The click network's answer replaces the probability and the mask it corrected.
-        probability = network_correction(network, image, start, clicks)
+        probability = network_correction(network, image, start, clicks[:NETWORK_CLICKS])
         start, threshold = probability > 0.5, 0.5
     small_shape = scaled_shape(shape, CLICK_SIDE) if max(shape) > CLICK_SIDE else shape
     scale = small_shape[0] / shape[0], small_shape[1] / shape[1]

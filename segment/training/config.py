@@ -120,7 +120,7 @@ class TrainConfig:
 SYNTHETIC_MINUTES = 9.0
 DATA_MINUTES = 10.0
 INIT_MINUTES = 5.0  # fine-tuning a trained model (--init)
-CLICK_MINUTES = 10.0  # the click network's training after a --data segmenter's
+CLICK_MINUTES = 12.0  # the click network's training after a --data segmenter's
 HALVINGS = 4  # rate halvings spread evenly over the run when --halve-every is not given
 STEPS_PER_EPOCH = 100  # batches per epoch when neither --steps-per-epoch nor a budget sets it
 
