@@ -140,9 +140,9 @@ def default_radius(shape):
 # at the background clicks, at the network's working size.
 GUIDANCE = 3
 # A click network answers from the first NETWORK_CLICKS clicks; later ones move its boundary
-# as they move the segmenter's (it learnt with at most four, and beyond about ten its answers
-# fall behind: docs/experiments.md, "The click network's steps and first clicks").
-NETWORK_CLICKS = 8
+# as they move the segmenter's (it learnt with at most four, and given more its answers fall
+# behind: docs/experiments.md, "How many clicks the click network is given").
+NETWORK_CLICKS = 5
 
 
 def guidance_radius(shape):
