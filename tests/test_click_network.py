@@ -8,6 +8,7 @@ import json
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from segment import data
@@ -16,7 +17,12 @@ from segment.inference import clicks as clicks_module
 from segment.inference.clicks import GUIDANCE, NETWORK_CLICKS, guidance_radius
 from segment.model import build_model
 from segment.training import TrainConfig, check_config
-from segment.training.clicks import click_network, first_guidance, train_click_network
+from segment.training.clicks import (
+    ClickTraining,
+    click_network,
+    first_guidance,
+    train_click_network,
+)
 
 TINY = {"base_filters": 4, "depth": 2, "full_resolution": "light", "context": "none",
         "foreground_prior": 0.2}
@@ -143,6 +149,40 @@ def test_click_training_runs_its_steps_or_what_its_time_allows(tmp_path):
     with pytest.raises(ValueError, match="either steps or a deadline"):
         train_click_network(config, (pairs, pairs[:2]), segmenter, verbose=0)
 
+
+
+def test_a_click_training_step_is_stock_keras_s_step_on_images_and_guidance(monkeypatch):
+    """With the guidance held fixed, `ClickTraining` trains its network as stock `fit` trains
+    the same network on the images and that guidance."""
+    rng = np.random.default_rng(0)
+    images = rng.random((4, 32, 32, 3)).astype(np.float32)
+    masks = (rng.random((4, 32, 32, 1)) > 0.6).astype(np.float32)
+    guides = (rng.random((4, 32, 32, GUIDANCE)) > 0.9).astype(np.float32)
+    keras.utils.set_random_seed(0)
+    segmenter = build_model(**TINY, inference={"working_size": 32})
+    networks = []
+    for _ in range(2):
+        keras.utils.set_random_seed(1)
+        networks.append(click_network(segmenter, _config()))
+    monkeypatch.setattr(ClickTraining, "_guidance",
+                        lambda self, images, masks: tf.constant(guides))
+    ours = ClickTraining(segmenter, networks[0])
+    stock = keras.Model(networks[1].inputs, networks[1].outputs)
+    for model in (ours, stock):
+        model.compile(optimizer=keras.optimizers.SGD(0.5, momentum=0.9),
+                      loss=keras.losses.MeanSquaredError())
+    ours_history = ours.fit(images, masks, batch_size=4, epochs=3, shuffle=False, verbose=0)
+    stock_history = stock.fit([images, guides], masks, batch_size=4, epochs=3, shuffle=False,
+                              verbose=0)
+    np.testing.assert_allclose(ours_history.history["loss"], stock_history.history["loss"],
+                               rtol=1e-5)
+    changed = False
+    for ours_weight, stock_weight, start in zip(networks[0].get_weights(),
+                                                networks[1].get_weights(),
+                                                click_network(segmenter, _config()).get_weights()):
+        np.testing.assert_allclose(ours_weight, stock_weight, atol=1e-5)
+        changed |= not np.allclose(ours_weight, start)
+    assert changed
 
 @pytest.mark.parametrize("settings, message", [
     ({"data": "photos", "click_minutes": -1.0}, "--click-minutes must be 0"),
