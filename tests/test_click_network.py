@@ -181,6 +181,7 @@ def test_a_click_training_step_is_stock_keras_s_step_on_images_and_guidance(monk
         changed |= not np.allclose(ours_weight, start)
     assert changed
 
+
 @pytest.mark.parametrize("settings, message", [
     ({"data": "photos", "click_minutes": -1.0}, "--click-minutes must be 0"),
     ({"click_steps": 5}, "give --data"),
