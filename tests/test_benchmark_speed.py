@@ -37,6 +37,15 @@ EXPECTED_NUMBERS = [
     "train_default_float32_gflops",
     "train_default_mixed_bfloat16_gflops",
     "bf16_speedup_default",
+    "early_gflop_per_image",
+    "train_default_early_float32_img_s",
+    "train_default_early_mixed_bfloat16_img_s",
+    "train_default_run_float32_img_s",
+    "train_default_run_mixed_bfloat16_img_s",
+    "run_speedup_float32",
+    "run_speedup_mixed_bfloat16",
+    "train_default_run_float32_gflops",
+    "train_default_run_mixed_bfloat16_gflops",
 ]
 
 
@@ -79,6 +88,18 @@ def test_quick_run_reports_figures_that_follow_from_its_own_samples(speed_script
         assert results[f"train_default_{policy}_img_s"] == pytest.approx(np.median(rates))
         assert results[f"train_default_{policy}_gflops"] == pytest.approx(
             np.median(rates) * default_flops)
+    # Over a run, three quarters of the steps at the early size (16 here): the time per image
+    # is three quarters of the early image's time plus a quarter of the full one's.
+    assert results["early_size"] == 16
+    early_flops = 3 * speed_script.forward_flops(
+        {"base_filters": 4, "depth": 2, "full_resolution": "light"}, 16, 16) / 1e9
+    for policy in ("float32", "mixed_bfloat16"):
+        early, full = (np.array(samples[f"default{kind}_{policy}"]) for kind in ("_early", ""))
+        run = 1 / (0.75 / early + 0.25 / full)
+        assert results[f"train_default_run_{policy}_img_s"] == pytest.approx(np.median(run))
+        assert results[f"run_speedup_{policy}"] == pytest.approx(np.median(run / full))
+        assert results[f"train_default_run_{policy}_gflops"] == pytest.approx(
+            np.median(run) * (0.75 * early_flops + 0.25 * default_flops))
     model = speed_script.build_default("mixed_bfloat16", default)
     assert type(model.loss).__name__ == "CompositeLoss"
     assert type(model.optimizer).__name__ == "StepHalvingSGD"
@@ -98,6 +119,7 @@ def test_the_table_puts_each_figure_in_its_row_and_column():
 
     results = {key: float(index + 1) for index, key in enumerate(EXPECTED_NUMBERS)}
     results.update(
+        early_size=64,
         default_network={"size": 128, "batch_size": 8, "loss": "composite"},
         settings={"size": 32, "batch_size": 4, "inference_size": 32, "inference_batch": 2,
                   "tiled_size": 96, "tile": 64, "xla": False, "repeats": 1},
@@ -112,6 +134,8 @@ def test_the_table_puts_each_figure_in_its_row_and_column():
     assert "training 11.00x (stock Keras 12.00x, the default network 28.00x)" in table
     assert ("| training, the default network as train.py builds it (img/s, 128x128, batch 8, "
             "composite loss) | 24.0 | 25.0 |") in table
+    assert "| the same at 64x64, a run's early epochs (img/s) | 30.0 | 31.0 |" in table
+    assert "| ratio over a run / every step at full size | 34.00 | 35.00 |" in table
 
 
 @pytest.mark.parametrize("flags, simd, peak", [

@@ -331,7 +331,7 @@ def test_a_data_budget_of_few_steps_plans_again_at_the_smaller_size(tmp_path, mo
 
     def fit_budget(config, *args):
         timed_at.append(config.size)
-        return 2, 2, 0.05, 0.0
+        return 2, 2, 0.05, 0.0, 1.0
 
     monkeypatch.setattr(budget, "fit_budget", fit_budget)
     config = _tiny_config(tmp_path / "run", data=str(tmp_path / "shapes"), minutes=0.5)
@@ -404,7 +404,7 @@ def test_a_budget_planned_too_short_is_planned_again_after_the_first_epoch(tmp_p
     # more do (at least 10, for the second re-plan, even on a busy machine where each tiny
     # epoch's validation and two checkpoints take 3 seconds). The run takes them, and still repeats `epochs=N` exactly.
     # It is planned once more after the last epoch before the first halving, timed warm.
-    monkeypatch.setattr(budget, "fit_budget", lambda *args: (6, 2, 0.05, 0.0))
+    monkeypatch.setattr(budget, "fit_budget", lambda *args: (6, 2, 0.05, 0.0, 1.0))
     monkeypatch.setattr(budget, "DEADLINE_SLACK", float("inf"))  # as above
     plans, finishing_seconds = [], []
     plan_again = Budget.plan_again
@@ -438,7 +438,7 @@ def test_a_budget_planned_too_short_is_planned_again_after_the_first_epoch(tmp_p
 def test_a_budgeted_run_stopped_in_its_first_epoch_stops_there(tmp_path, monkeypatch):
     # A caller's callback (or TerminateOnNaN) stops the run in the epoch the budget is
     # planned again from: no second fit, no backup left behind.
-    monkeypatch.setattr(budget, "fit_budget", lambda *args: (6, 2, 0.05, 0.0))
+    monkeypatch.setattr(budget, "fit_budget", lambda *args: (6, 2, 0.05, 0.0, 1.0))
 
     class StopAfterFirstEpoch(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -514,7 +514,7 @@ def test_the_deadline_stops_a_run_whose_epochs_slowed_down():
 def test_a_budgeted_run_planned_too_long_stops_at_its_deadline(tmp_path, monkeypatch):
     # A plan of 2000 epochs for 15 seconds that is never planned again: the deadline's guard
     # stops it, history and checkpoint are consistent, and the run is not "stopped early".
-    monkeypatch.setattr(budget, "fit_budget", lambda *args: (2000, 2, 0.05, 0.0))
+    monkeypatch.setattr(budget, "fit_budget", lambda *args: (2000, 2, 0.05, 0.0, 1.0))
     monkeypatch.setattr(Budget, "plan_again", lambda *args, **kwargs: False)
     started = time.perf_counter()
     folder, results = train(_tiny_config(tmp_path / "run", minutes=0.25), verbose=0)
@@ -613,7 +613,7 @@ def test_a_resumed_run_ends_with_the_same_weights(tmp_path):
 @pytest.mark.slow
 def test_a_resumed_budgeted_run_trains_the_epochs_it_planned(tmp_path, monkeypatch):
     # config.json records the planned epochs beside the budget; a killed run resumes them.
-    monkeypatch.setattr(budget, "fit_budget", lambda *args: (3, 2, 0.05, 0.0))
+    monkeypatch.setattr(budget, "fit_budget", lambda *args: (3, 2, 0.05, 0.0, 1.0))
     monkeypatch.setattr(Budget, "plan_again", lambda *args, **kwargs: False)
     monkeypatch.setattr(budget, "DEADLINE_SLACK", float("inf"))
     with pytest.raises(KeyboardInterrupt):

@@ -94,7 +94,7 @@ def _timed(function, steps):
 def measure(config, *, steps, repeats):
     """Seconds per step of each part, medians over `repeats` interleaved rounds."""
     keras.utils.set_random_seed(config.seed)
-    stream = iter(training_stream(config, None, 0))
+    stream = iter(training_stream(config, None, 0, early=False))
     images, masks = next(stream)
     models = {
         "default": _compiled(build_network(config), config),
@@ -106,7 +106,7 @@ def measure(config, *, steps, repeats):
 
     def fit():
         clock = BatchClock()
-        models["default"].fit(training_stream(config, None, 0), epochs=1,
+        models["default"].fit(training_stream(config, None, 0, early=False), epochs=1,
                               steps_per_epoch=steps + 1, verbose=0, callbacks=[clock])
         return (clock.times[-1] - clock.times[0]) / steps
 
@@ -195,7 +195,7 @@ def _child_steps(settings, steps):
     config = TrainConfig(**settings)
     with precision(config.mixed_precision):
         model = _compiled(build_network(config), config)
-        images, masks = next(iter(training_stream(config, None, 0)))
+        images, masks = next(iter(training_stream(config, None, 0, early=False)))
         for _ in range(3):
             model.train_on_batch(images, masks)
         print("--- timed steps ---", flush=True)

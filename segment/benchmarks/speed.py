@@ -37,7 +37,7 @@ from segment.losses import CompositeLoss
 from segment.model import SegmentationModel, build_model
 from segment.optimizers import StepHalvingSGD
 from segment.training import TrainConfig, resolve_config
-from segment.training.config import halve_every_steps
+from segment.training.config import EARLY_SHARE, early_size, halve_every_steps
 from segment.training.recipe import build_network, compile_network
 
 EPILOG = """\
@@ -260,6 +260,7 @@ def default_config(quick, **changes):
     config = TrainConfig(epochs=1, steps_per_epoch=10)
     if quick:
         config.size, config.base_filters, config.depth, config.batch_size = 32, 4, 2, 2
+        config.early_size = 16
     for name, value in changes.items():
         if value is not None:
             setattr(config, name, value)
@@ -295,6 +296,8 @@ def _compiled_models(settings, *, xla):
         models[f"custom_{policy}"] = compile_custom(custom)
         models[f"stock_{policy}"] = compile_stock(stock)
         models[f"default_{policy}"] = build_default(policy, settings["default"])
+        # Its own model, so that neither is traced for both sizes.
+        models[f"default_early_{policy}"] = build_default(policy, settings["default"])
     models["custom_float32_composite"] = compile_custom(
         build_pair("float32", settings)[0], loss=CompositeLoss()
     )
@@ -311,10 +314,14 @@ def _measure_training(results, models, settings, *, xla):
     size, batch_size, steps = settings["size"], settings["batch_size"], settings["steps"]
     repeats, default = settings["repeats"], settings["default"]
     images, masks = synthetic_arrays(batch_size * steps, size=size, seed=0)
-    # The default network trains on its own batches and size, for as many steps.
+    # The default network trains on its own batches and size, for as many steps, and at the
+    # size of a run's early epochs.
     default_data = synthetic_arrays(default.batch_size * steps, size=default.size, seed=0)
+    early_data = synthetic_arrays(default.batch_size * steps, size=early_size(default), seed=0)
 
     def train(name):
+        if name.startswith("default_early_"):
+            return lambda: training_rate(models[name], *early_data, default.batch_size)
         if name.startswith("default_"):
             return lambda: training_rate(models[name], *default_data, default.batch_size)
         return lambda: training_rate(models[name], images, masks, batch_size)
@@ -354,10 +361,30 @@ def _measure_training(results, models, settings, *, xla):
         results[f"train_default_{policy}_gflops"] = rates[f"default_{policy}"] * default_flops / 1e9
     results["bf16_speedup_default"] = paired_ratio(
         samples["default_mixed_bfloat16"], samples["default_float32"])
+    _measure_run(results, samples, default)
     results["train_custom_float32_composite_img_s"] = rates["custom_float32_composite"]
     results["composite_loss_cost_ratio"] = paired_ratio(
         samples["custom_float32"], samples["custom_float32_composite"]
     )
+
+
+def _measure_run(results, samples, default):
+    """The default recipe's training over a whole run, its first EARLY_SHARE of steps at the
+    early size, against the previous recipe's, every step at the full size: images/s over
+    the run (per repeat, from the two rates) and their ratio, and GFLOP/s."""
+    side = early_size(default)
+    early_flops = 3 * forward_flops(network_settings(default), side, side)
+    full_flops = 3 * forward_flops(network_settings(default), default.size, default.size)
+    results["early_size"] = side
+    results["early_gflop_per_image"] = early_flops / 1e9
+    for policy in POLICIES:
+        early, full = samples[f"default_early_{policy}"], samples[f"default_{policy}"]
+        run = [1 / (EARLY_SHARE / a + (1 - EARLY_SHARE) / b) for a, b in zip(early, full)]
+        results[f"train_default_early_{policy}_img_s"] = statistics.median(early)
+        results[f"train_default_run_{policy}_img_s"] = statistics.median(run)
+        results[f"run_speedup_{policy}"] = paired_ratio(run, full)
+        results[f"train_default_run_{policy}_gflops"] = statistics.median(run) * (
+            EARLY_SHARE * early_flops + (1 - EARLY_SHARE) * full_flops) / 1e9
 
 
 def _measure_inference(results, backends, settings):

@@ -31,12 +31,19 @@ def markdown_table(results):
     rows.append((f"training, the default network as train.py builds it (img/s, "
                  f"{default['size']}x{default['size']}, batch {default['batch_size']}, "
                  f"{default['loss']} loss)", "{:.1f}", "train_default_{}_img_s"))
+    rows.append((f"the same at {results['early_size']}x{results['early_size']}, a run's "
+                 "early epochs (img/s)", "{:.1f}", "train_default_early_{}_img_s"))
+    rows.append(("over a run, early epochs included (img/s)", "{:.1f}",
+                 "train_default_run_{}_img_s"))
+    rows.append(("ratio over a run / every step at full size", "{:.2f}", "run_speedup_{}"))
     lines = ["| measurement | float32 | mixed_bfloat16 |", "|---|---:|---:|"]
     for label, number, key in rows:
         cells = [number.format(results[key.format(policy)]) for policy in POLICIES]
         lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
     for label, key in (("training GFLOP/s (% of fp32 peak)", "train_custom_{}_gflops"),
                        ("training GFLOP/s, the default network", "train_default_{}_gflops"),
+                       ("training GFLOP/s, the default network over a run",
+                        "train_default_run_{}_gflops"),
                        ("inference GFLOP/s (% of fp32 peak)", "inference_{}_gflops")):
         cells = [_percent(results[key.format(policy)], peak) for policy in POLICIES]
         lines.append(f"| {label} | {cells[0]} | {cells[1]} |")

@@ -11,10 +11,12 @@ from segment.training import (
     CLICK_MINUTES,
     DATA_LR,
     DATA_MINUTES,
+    EARLY_SHARE,
     FEW_STEPS,
     HALVINGS,
     INIT_MINUTES,
     MAX_WORKING_SIZE,
+    SMALLEST_EARLY_SIZE,
     SMALLEST_WORKING_SIZE,
     STEPS_PER_EPOCH,
     SYNTHETIC_LR,
@@ -124,6 +126,9 @@ def build_parser(prog=None):
         help=f"synthetic: training crop side (default {SYNTHETIC_SIZE}); --data: working size, the longer "
         f"side images are scaled to (default: their median, at most {MAX_WORKING_SIZE}, and 3/4 of it where a budget buys fewer "
         f"than {FEW_STEPS} steps at that); a multiple of 2**depth")
+    add("--early-size", type=int, default=None,
+        help=f"side of the first {EARLY_SHARE:.0%} of the epochs, whose steps are cheaper (default: half "
+        f"of --size, at least {SMALLEST_EARLY_SIZE}; 0: every epoch at --size)")
     add("--loss", choices=sorted(LOSSES), default=defaults.loss, help="loss (segment.losses.LOSSES)")
     add("--lr", type=float, default=None,
         help=f"initial learning rate (default: {SYNTHETIC_LR:g} on synthetic shapes, {DATA_LR:g} with --data)")

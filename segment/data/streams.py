@@ -176,18 +176,7 @@ def folder_dataset(
         raise ValueError("No image/mask pairs given")
     paste = PASTE_PROBABILITY if paste is None else paste
     side = size_hw(size)[0]
-    # Kept as 8-bit at the largest scale augmentation asks for, so that the warp only ever
-    # shrinks mildly (no aliasing) and memory stays small whatever the photographs' size.
-    keep_side = int(np.ceil(side * AUGMENT_SCALE[1]))
-    images, masks = [], []
-    for image_path, mask_path in tqdm(pairs, desc="reading", disable=None):
-        image, mask = read_training_pair(image_path, mask_path, threshold, void)
-        if not augment:
-            image, mask = place_pair(image, mask, side)
-        elif max(image.shape[:2]) > keep_side:
-            image, mask = resize_pair(image, mask, scaled_shape(image.shape, keep_side))
-        images.append(np.round(image * 255).astype(np.uint8))
-        masks.append(mask.astype(np.uint8))
+    images, masks = _read_pairs(tuple(map(tuple, pairs)), side, augment, threshold, void)
     count = len(pairs)
 
     @functools.lru_cache(maxsize=2)
@@ -219,3 +208,21 @@ def folder_dataset(
         make_batch, positions, shape=(side, side), batch_size=rows, drop_remainder=repeat
     )
 
+
+# A run builds its stream again when it plans again or changes size: the pairs are read once.
+@functools.lru_cache(maxsize=2)
+def _read_pairs(pairs, side, augment, threshold, void):
+    """The pairs as 8-bit images and masks: with `augment`, kept at the largest scale
+    augmentation asks for, so that the warp only ever shrinks mildly (no aliasing) and memory
+    stays small whatever the photographs' size; else placed on the `side` canvas."""
+    keep_side = int(np.ceil(side * AUGMENT_SCALE[1]))
+    images, masks = [], []
+    for image_path, mask_path in tqdm(pairs, desc="reading", disable=None):
+        image, mask = read_training_pair(image_path, mask_path, threshold, void)
+        if not augment:
+            image, mask = place_pair(image, mask, side)
+        elif max(image.shape[:2]) > keep_side:
+            image, mask = resize_pair(image, mask, scaled_shape(image.shape, keep_side))
+        images.append(np.round(image * 255).astype(np.uint8))
+        masks.append(mask.astype(np.uint8))
+    return tuple(images), tuple(masks)

@@ -1,5 +1,6 @@
 """Wall-clock budgets: timing this machine, planning the epochs, planning again, the deadline."""
 
+import dataclasses
 import math
 import tempfile
 import time
@@ -12,7 +13,14 @@ from segment.evaluation import mean_iou
 from segment.inference import predict_probability
 from segment.model import InferenceSettings
 from segment.training.callbacks import epoch_method
-from segment.training.config import HALVINGS, STEPS_PER_EPOCH, halve_every_steps
+from segment.training.config import (
+    EARLY_SHARE,
+    HALVINGS,
+    STEPS_PER_EPOCH,
+    early_epochs,
+    early_size,
+    halve_every_steps,
+)
 from segment.training.inputs import training_stream, validation_samples
 from segment.training.mask_settings import FINISHING_WORKERS, finishing_seconds
 from segment.training.recipe import build_network, compile_network
@@ -148,6 +156,7 @@ class Budget:
         # What the closing scoring costs, in seconds: set by `plan`, then by the run itself.
         self.warm_validation = self.finishing_seconds = None
         self.first_validation = self.save_seconds = self.trace_seconds = None
+        self.early_cost = 1.0  # an early epoch's step over a full-size one's, as timed
 
     @property
     def stopped_after(self):
@@ -159,8 +168,8 @@ class Budget:
         from the images (`size_from_images`) becomes 3/4 of it where that buys too few steps
         (`budget_working_size`), timed again there."""
         self._time(config, pairs, strategy)
-        if size_from_images:
-            steps = config.epochs * config.steps_per_epoch
+        if size_from_images:  # the steps bought at the full size decide
+            steps = round(config.epochs * config.steps_per_epoch * mean_step(self.early_cost))
             smaller = budget_working_size(config.size, steps, multiple=2**config.depth,
                                           few=FEW_STEPS, smallest=SMALLEST_WORKING_SIZE)
             if smaller != config.size:
@@ -168,13 +177,14 @@ class Budget:
                       f"working at {smaller}", flush=True)
                 config.size = smaller
                 self._time(config, pairs, strategy)
+        early = early_epochs(config)
         print(f"{config.minutes:g}-minute budget: {config.epochs} epochs of "
-              f"{config.steps_per_epoch} steps on this machine", flush=True)
+              f"{config.steps_per_epoch} steps on this machine"
+              + (f", the first {early} at {early_size(config)} px" if early else ""), flush=True)
 
     def _time(self, config, pairs, strategy):
-        config.epochs, config.steps_per_epoch, self.warm_validation, self.finishing_seconds = (
-            fit_budget(config, pairs, strategy, self.deadline)
-        )
+        (config.epochs, config.steps_per_epoch, self.warm_validation, self.finishing_seconds,
+         self.early_cost) = fit_budget(config, pairs, strategy, self.deadline)
 
     def fit(self, fit, model, config, *, train_data, first_epoch, stream, validating,
             validation, backup, config_path):
@@ -231,14 +241,17 @@ class Budget:
         """
         if done == 1:
             after_epoch = max(0.0, pace.after_seconds - self.first_validation) + self.warm_validation
-            epoch_seconds = config.steps_per_epoch * pace.step_seconds + after_epoch
+            steps_seconds = config.steps_per_epoch * pace.step_seconds
         else:
-            epoch_seconds = pace.epoch_seconds
+            after_epoch = pace.after_seconds
+            steps_seconds = max(0.0, pace.epoch_seconds - after_epoch)
+        if done <= early_epochs(config):  # timed at the early size
+            steps_seconds /= self.early_cost
         epochs = replan_epochs(
             config.epochs,
             seconds=(self.deadline - time.perf_counter() - self.closing_seconds(model)
                      - self.trace_seconds),
-            epoch_seconds=epoch_seconds,
+            epoch_seconds=self._mean_epoch(config, done, steps_seconds, after_epoch),
             done=done,
             halve_every=config.halve_every,
         )
@@ -250,6 +263,15 @@ class Budget:
         model.make_train_function(force=True)  # the halving step is traced into the graph
         return True
 
+    def _mean_epoch(self, config, done, steps_seconds, after_epoch):
+        """The seconds of an epoch after the first `done`, on average over the planned ones
+        left: `steps_seconds` of steps at the full size (less at the early size), then
+        `after_epoch`."""
+        early = max(0, early_epochs(config) - done)
+        left = max(1, config.epochs - done)
+        cost = (early * self.early_cost + max(0, left - early)) / left
+        return steps_seconds * cost + after_epoch
+
     def closing_seconds(self, model):
         """What follows a budgeted run's last epoch: loading the best model and scoring it in
         full (a first validation pass, then a warm one per further scale), finishing and
@@ -260,23 +282,23 @@ class Budget:
 
 
 def fit_budget(config, pairs, strategy, deadline):
-    """`(epochs, steps_per_epoch, validation_seconds, finishing_seconds)`: the epochs that fit
-    before `deadline` (a `time.perf_counter()` value) and their length, measured on a
-    throwaway model: 30 training steps and a validation pass, each timed once warm
-    (`plan_budget` does the arithmetic); that warm validation pass's time, and what finishing
-    the validation masks will cost in the final scoring (`time_finishing`)."""
+    """`(epochs, steps_per_epoch, validation_seconds, finishing_seconds, early_cost)`: the
+    epochs that fit before `deadline` (a `time.perf_counter()` value) and their length,
+    measured on a throwaway model: 30 training steps at the full size (and 30 at the early
+    size, whose step over the full one's is `early_cost`) and a validation pass, each timed
+    once warm (`plan_budget` does the arithmetic); that warm validation pass's time, and what
+    finishing the validation masks will cost in the final scoring (`time_finishing`)."""
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = build_network(config)
         compile_network(model, config, halve_every=1)
-    train_data, validation = training_stream(config, pairs, 0), validation_samples(config, pairs)
-    steps = StepTimes()
-    # The first steps trace the graph and warm up the kernels (longer in bfloat16): time the
-    # steps after them, by the median, which an odd slow step does not move.
     fit_started = time.perf_counter()
-    model.fit(train_data, epochs=1, steps_per_epoch=30, callbacks=[steps], shuffle=False, verbose=0)
-    step_seconds = float(np.median(np.diff(steps.times[10:])))
-    trace_seconds = steps.times[0] - fit_started
+    step_seconds, trace_seconds = _time_steps(model, config, pairs, fit_started)
+    early_cost = 1.0
+    if early_size(config):
+        early = dataclasses.replace(config, size=early_size(config), early_size=0)
+        early_cost = _time_steps(model, early, pairs, time.perf_counter())[0] / step_seconds
+    validation = validation_samples(config, pairs)
     mean_iou(epoch_method(model), validation)  # traces the prediction graph
     started = time.perf_counter()
     mean_iou(epoch_method(model), validation)
@@ -292,11 +314,27 @@ def fit_budget(config, pairs, strategy, deadline):
     epochs, steps_per_epoch = plan_budget(
         deadline - time.perf_counter() - final_passes(model) * validation_seconds
         - finishing - save_seconds - trace_seconds,
-        step_seconds=step_seconds,
+        step_seconds=step_seconds * mean_step(early_cost),
         after_epoch_seconds=validation_seconds + 2 * save_seconds,
         steps_per_epoch=config.steps_per_epoch,
     )
-    return epochs, steps_per_epoch, validation_seconds, finishing
+    return epochs, steps_per_epoch, validation_seconds, finishing, early_cost
+
+
+def mean_step(early_cost):
+    """A run's mean step over one at the full size, EARLY_SHARE of its steps at the early
+    size costing `early_cost` each."""
+    return 1 - EARLY_SHARE * (1 - early_cost)
+
+
+def _time_steps(model, config, pairs, started):
+    """`(step_seconds, trace_seconds)` of 30 training steps on `config`'s full-size stream.
+    The first steps trace the graph and warm up the kernels (longer in bfloat16): the steps
+    after them are timed, by the median, which an odd slow step does not move."""
+    steps = StepTimes()
+    model.fit(training_stream(config, pairs, 0, early=False), epochs=1, steps_per_epoch=30,
+              callbacks=[steps], shuffle=False, verbose=0)
+    return float(np.median(np.diff(steps.times[10:]))), steps.times[0] - started
 
 
 def time_finishing(validation, model, *, trained=True, timed=None):

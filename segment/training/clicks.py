@@ -187,8 +187,8 @@ def train_click_network(config, pairs, segmenter, *, steps=None, deadline=None, 
     done = 0
     if steps is None:
         times = StepTimes()
-        trainer.fit(training_stream(config, pairs, 0), epochs=1, steps_per_epoch=_TIMED_STEPS,
-                    callbacks=[times], shuffle=False, verbose=0)
+        trainer.fit(training_stream(config, pairs, 0, early=False), epochs=1,
+                    steps_per_epoch=_TIMED_STEPS, callbacks=[times], shuffle=False, verbose=0)
         done = _TIMED_STEPS
         step_seconds = float(np.median(np.diff(times.times[_TIMED_STEPS // 2:])))
         left = (deadline - time.perf_counter()) / step_seconds
@@ -198,8 +198,8 @@ def train_click_network(config, pairs, segmenter, *, steps=None, deadline=None, 
     while done < steps:
         per = min(CLICK_STEPS_PER_EPOCH, steps - done)
         epochs = (steps - done) // per
-        trainer.fit(training_stream(config, pairs, done * config.batch_size), epochs=epochs,
-                    steps_per_epoch=per, shuffle=False, verbose=verbose)
+        stream = training_stream(config, pairs, done * config.batch_size, early=False)
+        trainer.fit(stream, epochs=epochs, steps_per_epoch=per, shuffle=False, verbose=verbose)
         done += epochs * per
     return network, steps
 

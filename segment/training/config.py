@@ -17,7 +17,8 @@ from segment.training.devices import native_half_precision
 
 __all__ = [
     "choose_working_size", "CLICK_MINUTES", "DATA_LR", "DATA_MINUTES", "HALVINGS", "INIT_MINUTES",
-    "init_settings", "MAX_WORKING_SIZE",
+    "init_settings", "MAX_WORKING_SIZE", "EARLY_SHARE", "SMALLEST_EARLY_SIZE", "early_epochs",
+    "early_size",
     "STEPS_PER_EPOCH", "SYNTHETIC_LR", "SYNTHETIC_MINUTES", "SYNTHETIC_SIZE", "TrainConfig",
     "check_config", "resolve_config",
 ]
@@ -44,6 +45,9 @@ class TrainConfig:
     # is scaled to (in training and, as saved with the model, in prediction); None chooses it
     # from the images (`segment.training.choose_working_size`, then `budget_working_size`).
     size: int | None = None
+    # The side the first EARLY_SHARE of the epochs train at, in steps about half as costly;
+    # None: half of `size` (`early_size`), 0: none.
+    early_size: int | None = None
     loss: str = "composite"  # a key of segment.losses.LOSSES
     # StepHalvingSGD's initial rate; None: SYNTHETIC_LR on synthetic shapes, DATA_LR on --data
     # (segment.training; recorded here once known).
@@ -98,6 +102,7 @@ class TrainConfig:
         values.setdefault("full_resolution", "residual")
         values.setdefault("groups", "none")  # and drew their validation images at random
         values.setdefault("keep_orientation", True)  # and read images as stored
+        values.setdefault("early_size", 0)  # and trained every step at one size
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -130,6 +135,12 @@ SYNTHETIC_LR = 0.5
 DATA_LR = 0.25
 SYNTHETIC_SIZE = 128  # synthetic crop side when --size is not given
 
+# The share of a run's epochs trained at the early size (`TrainConfig.early_size`) and the
+# smallest early size the default rule gives: at half the size a step costs half as much, and
+# more of them learnt more in the same minutes (docs/experiments.md, "Performance").
+EARLY_SHARE = 0.75
+SMALLEST_EARLY_SIZE = 64
+
 # --data working size when --size is not given: the images' own longer side (median over the
 # training set), at most this.
 MAX_WORKING_SIZE = 128
@@ -143,6 +154,12 @@ def check_config(config):
         raise ValueError(
             f"--size {config.size} cannot be taken by the network: use a multiple of {multiple} "
             f"(2 ** depth, depth={config.depth})"
+        )
+    if config.early_size and (config.early_size < multiple or config.early_size % multiple
+                              or config.size is not None and config.early_size >= config.size):
+        raise ValueError(
+            f"--early-size {config.early_size} cannot be taken: use 0 (none) or a multiple of "
+            f"{multiple} below the size"
         )
     if config.loss not in LOSSES:
         raise ValueError(f"unknown loss {config.loss!r}; choose from {', '.join(LOSSES)}")
@@ -220,6 +237,8 @@ def init_settings(config):
         changes["size"] = start.size
     if config.epochs is None and config.minutes is None:
         changes["minutes"] = INIT_MINUTES
+    if config.early_size is None:  # the coarse shapes are learnt already
+        changes["early_size"] = 0
     return dataclasses.replace(config, **changes)
 
 
@@ -267,3 +286,22 @@ def halve_every_steps(config):
     if config.halve_every is not None:
         return config.halve_every * config.steps_per_epoch
     return max(1, math.ceil(config.epochs * config.steps_per_epoch / (HALVINGS + 1)))
+
+
+def early_size(config):
+    """The side of the early epochs: `config.early_size`, or by default half of `config.size`
+    rounded to the network's size multiple, at least SMALLEST_EARLY_SIZE; 0 when there are
+    none (0 given, or a default not below `config.size`)."""
+    if config.early_size is not None:
+        return config.early_size
+    multiple = 2**config.depth
+    side = max(SMALLEST_EARLY_SIZE, round(config.size / 2 / multiple) * multiple)
+    return side if side < config.size else 0
+
+
+def early_epochs(config):
+    """How many of the first epochs train at `early_size(config)`: EARLY_SHARE of
+    `config.epochs`, always leaving the last at the full size."""
+    if not early_size(config) or not config.epochs:
+        return 0
+    return min(int(EARLY_SHARE * config.epochs), config.epochs - 1)

@@ -6,6 +6,7 @@ from tqdm import tqdm
 
 from segment import data
 from segment.imageio import DataError
+from segment.training.config import early_epochs, early_size
 
 VALIDATION_SEED_OFFSET = 1_000_003  # the validation set is drawn from its own stream
 
@@ -91,15 +92,27 @@ class FolderSamples:
             yield Path(image_path).name, image, mask
 
 
-def training_stream(config, pairs, start, shard=None):
-    """The training stream, resumed at sample `start`.
+def training_stream(config, pairs, start, shard=None, *, early=True):
+    """The training stream, resumed at sample `start`: with `early`, its first
+    `early_epochs(config)` epochs at `early_size(config)`, then at `config.size`.
 
     `pairs` is `(train_pairs, val_pairs)` for `--data`, None for the synthetic stream; `shard`
     is `(worker, workers)` for one worker's share of each batch.
     """
+    epochs = early_epochs(config) if early else 0
+    switch = epochs * config.steps_per_epoch * config.batch_size if epochs else 0
+    stream = _stream_at(config.size, config, pairs, max(start, switch), shard)
+    if start >= switch:
+        return stream
+    # The two parts' batches differ in height and width: the stream leaves them unknown.
+    small = _stream_at(early_size(config), config, pairs, start, shard)
+    return small.take((switch - start) // config.batch_size).concatenate(stream)
+
+
+def _stream_at(size, config, pairs, start, shard):
     if pairs is None:
         return data.synthetic_dataset(
-            size=config.size,
+            size=size,
             batch_size=config.batch_size,
             difficulty=config.difficulty,
             seed=config.seed,
@@ -108,7 +121,7 @@ def training_stream(config, pairs, start, shard=None):
         )
     return data.folder_dataset(
         pairs[0],
-        size=config.size,
+        size=size,
         batch_size=config.batch_size,
         augment=True,
         seed=config.seed,

@@ -1,0 +1,150 @@
+"""Training's early epochs at a smaller size: the rule, the stream, and runs that repeat."""
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+
+from segment import data
+from segment.data import streams
+from segment.training import (
+    TrainConfig,
+    budget,
+    early_epochs,
+    early_size,
+    inputs,
+    train,
+)
+from segment.training.budget import Budget
+
+
+def test_the_early_size_is_half_the_size_rounded_and_at_least_64():
+    def side(size, given=None, depth=4):
+        return early_size(TrainConfig(size=size, early_size=given, depth=depth))
+
+    assert (side(128), side(256), side(160), side(96)) == (64, 128, 80, 64)
+    assert side(176, depth=3) == 88  # a multiple of 2 ** depth
+    assert side(64) == 0  # nothing smaller is left
+    assert (side(128, given=0), side(128, given=96)) == (0, 96)
+
+
+@pytest.mark.parametrize("epochs, early", [(20, 15), (9, 6), (2, 1), (1, 0), (None, 0)])
+def test_three_quarters_of_the_epochs_are_early_and_never_the_last(epochs, early):
+    assert early_epochs(TrainConfig(size=128, epochs=epochs)) == early
+    assert early_epochs(TrainConfig(size=128, epochs=epochs, early_size=0)) == 0
+
+
+def test_an_old_run_folder_trained_every_epoch_at_its_size(tmp_path):
+    config = TrainConfig(size=128, epochs=8)
+    config.to_json(tmp_path / "config.json")
+    values = (tmp_path / "config.json").read_text().replace('  "early_size": null,\n', "")
+    (tmp_path / "config.json").write_text(values)
+    assert early_epochs(TrainConfig.from_json(tmp_path / "config.json")) == 0
+
+
+def _stream_config(**settings):
+    return TrainConfig(size=32, early_size=16, epochs=4, steps_per_epoch=2, batch_size=2,
+                       depth=2, difficulty="easy", **settings)
+
+
+def test_the_stream_draws_the_early_samples_small_then_the_same_stream_at_full_size():
+    # 4 epochs: the first 3 early, 2 steps of 2 samples each: samples 0-11 at 16 px, then
+    # samples 12 on at 32 px, each the sample `synthetic_arrays` draws at that position.
+    config = _stream_config()
+    batches = [images for images, _ in inputs.training_stream(config, None, 0).take(8)]
+    assert [images.shape[1:3] for images in batches] == [(16, 16)] * 6 + [(32, 32)] * 2
+    small, _ = data.synthetic_arrays(12, size=16, difficulty="easy", seed=0)
+    full, _ = data.synthetic_arrays(16, size=32, difficulty="easy", seed=0)
+    np.testing.assert_array_equal(np.concatenate(batches[:6]), small)
+    np.testing.assert_array_equal(np.concatenate(batches[6:]), full[12:])
+    resumed = [images for images, _ in inputs.training_stream(config, None, 8).take(4)]
+    for a, b in zip(resumed, batches[4:]):
+        np.testing.assert_array_equal(a, b)
+    whole = inputs.training_stream(config, None, 0, early=False).take(1)
+    np.testing.assert_array_equal(next(iter(whole))[0], full[:2])
+
+
+def test_a_folder_stream_built_again_reads_no_file_again(tmp_path, monkeypatch):
+    images, masks = data.synthetic_arrays(5, size=24, difficulty="easy", seed=1)
+    data.write_folder(tmp_path / "shapes", images, masks)
+    pairs = data.find_pairs(tmp_path / "shapes")
+    read = []
+
+    def counted(*args):
+        read.append(args[0])
+        return reading(*args)
+
+    reading = streams.read_training_pair
+    monkeypatch.setattr(streams, "read_training_pair", counted)
+    config = _stream_config(data=str(tmp_path / "shapes"))
+    for start in (0, 4, 12):  # a run's first stream, then the streams of its re-plans
+        stream = inputs.training_stream(config, (pairs, pairs), start)
+        next(iter(stream))
+    # Once at the early size, once at the full size.
+    assert sorted(read) == sorted([image for image, _ in pairs] * 2)
+
+
+@pytest.mark.slow
+def test_a_budgeted_run_with_early_epochs_repeats_epochs_n_exactly(tmp_path, monkeypatch):
+    # The throwaway steps said 6 epochs fit and that an early step costs half a full one; the
+    # run plans again from its own early epochs, taking the full-size ones at twice their
+    # step, and still ends with the weights of `epochs=N` with the same early epochs.
+    monkeypatch.setattr(budget, "fit_budget", lambda *args: (6, 2, 0.05, 0.0, 0.5))
+    monkeypatch.setattr(budget, "DEADLINE_SLACK", float("inf"))
+    requested = []
+    synthetic = inputs.data.synthetic_dataset
+
+    def recorded(**settings):
+        requested.append((settings["size"], settings["start"]))
+        return synthetic(**settings)
+
+    monkeypatch.setattr(inputs.data, "synthetic_dataset", recorded)
+    config = TrainConfig(out=str(tmp_path / "budget"), minutes=0.75, size=32, early_size=16,
+                         batch_size=4, val_count=4, base_filters=4, depth=2, click_minutes=0.0)
+    budgeted = _FinalWeights()
+    folder, _ = train(config, callbacks=[budgeted], verbose=0)
+    planned = TrainConfig.from_json(folder / "config.json")
+    early = early_epochs(planned)
+    assert planned.epochs > 6 and early == int(0.75 * planned.epochs)
+    requested.clear()
+    fixed = _FinalWeights()
+    train(dataclasses.replace(config, out=str(tmp_path / "fixed"), minutes=None,
+                              epochs=planned.epochs, steps_per_epoch=2),
+          callbacks=[fixed], verbose=0)
+    # The fixed run's one stream: early samples from 0, full-size ones from the switch on.
+    assert sorted(requested) == [(16, 0), (32, early * 2 * 4)]
+    for a, b in zip(budgeted.weights, fixed.weights):
+        np.testing.assert_array_equal(a, b)
+
+
+class _FinalWeights(keras.callbacks.Callback):
+    def on_train_end(self, logs=None):
+        self.weights = self.model.get_weights()
+
+
+def test_an_epoch_left_is_planned_at_its_size():
+    # 10 epochs, the first 7 early at half the cost: after 1, 6 early and 3 full are left,
+    # on average (6 * 0.5 + 3) / 9 of a full epoch's steps, then what follows the epoch.
+    planner = Budget(deadline=0.0)
+    planner.early_cost = 0.5
+    config = TrainConfig(size=128, epochs=10)
+    assert planner._mean_epoch(config, 1, steps_seconds=9.0, after_epoch=1.0) == 7.0
+    assert planner._mean_epoch(config, 8, steps_seconds=9.0, after_epoch=1.0) == 10.0
+
+
+@pytest.mark.parametrize("early_cost, sizes", [(0.5, [128, 96]), (1.0, [128])])
+def test_the_working_size_rule_counts_the_steps_bought_at_the_full_size(
+        monkeypatch, early_cost, sizes):
+    # 2000 steps, three quarters of them at half the cost: 1250 steps' worth at the full size,
+    # fewer than the 1500 below which a --data run works at 3/4 of its size.
+    timed = []
+
+    def fit_budget(config, *args):
+        timed.append(config.size)
+        return 2000, 1, 0.05, 0.0, early_cost
+
+    monkeypatch.setattr(budget, "fit_budget", fit_budget)
+    Budget(deadline=0.0).plan(TrainConfig(size=128, minutes=1.0), None, None,
+                              size_from_images=True)
+    assert timed == sizes
