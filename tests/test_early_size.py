@@ -1,6 +1,8 @@
 """Training's early epochs at a smaller size: the rule, the stream, and runs that repeat."""
 
 import dataclasses
+import os
+import time
 
 import keras
 import numpy as np
@@ -26,7 +28,9 @@ def test_the_early_size_is_half_the_size_rounded_and_at_least_64():
     assert (side(128), side(256), side(160), side(96)) == (64, 128, 80, 64)
     assert side(176, depth=3) == 88  # a multiple of 2 ** depth
     assert side(64) == 0  # nothing smaller is left
+    assert side(128, depth=7) == 0  # 64 is no multiple of 128
     assert (side(128, given=0), side(128, given=96)) == (0, 96)
+    assert side(96, given=112) == 0  # a size the budget lowered below the early size given
 
 
 @pytest.mark.parametrize("epochs, early", [(20, 15), (9, 6), (2, 1), (1, 0), (None, 0)])
@@ -83,6 +87,10 @@ def test_a_folder_stream_built_again_reads_no_file_again(tmp_path, monkeypatch):
         next(iter(stream))
     # Once at the early size, once at the full size.
     assert sorted(read) == sorted([image for image, _ in pairs] * 2)
+    changed = pairs[0][1]  # a mask corrected between two runs in one process: read afresh
+    os.utime(changed, ns=(os.stat(changed).st_atime_ns, os.stat(changed).st_mtime_ns + 10**9))
+    next(iter(inputs.training_stream(config, (pairs, pairs), 12)))
+    assert len(read) == 3 * len(pairs)
 
 
 @pytest.mark.slow
@@ -148,3 +156,27 @@ def test_the_working_size_rule_counts_the_steps_bought_at_the_full_size(
     Budget(deadline=0.0).plan(TrainConfig(size=128, minutes=1.0), None, None,
                               size_from_images=True)
     assert timed == sizes
+
+
+@pytest.mark.parametrize("seconds, epochs", [(16.0, 2), (13.0, 1)])
+def test_a_short_run_is_planned_at_the_share_of_early_epochs_it_has(seconds, epochs):
+    # Epochs of 10 steps of 1 s at the full size, 0.5 s early. The mean step (three quarters
+    # early) plans 2 epochs in 13 s or more; but a 2-epoch run has one early epoch, one full:
+    # 5 + 10 = 15 s, which 16 s hold and 13 s do not.
+    config = TrainConfig(size=128, steps_per_epoch=10)
+    planned = budget.plan_early_budget(config, seconds, step_seconds=1.0,
+                                       after_epoch_seconds=0.0, early_cost=0.5)
+    assert planned == (epochs, 10)
+
+
+def test_a_replan_that_would_turn_a_trained_early_epoch_full_size_is_not_taken(monkeypatch):
+    # With --halve-every the first re-plan may shorten a run; 50 epochs have 37 early ones,
+    # 12 only 9. Ten were trained early, so 12 would not repeat `epochs=12`: the plan stays.
+    monkeypatch.setattr(Budget, "closing_seconds", lambda self, model: 0.0)
+    planner = Budget(deadline=0.0)
+    planner.trace_seconds, planner.early_cost = 0.0, 1.0
+    config = TrainConfig(size=128, epochs=50, steps_per_epoch=10, halve_every=1)
+    pace = type("Pace", (), {"epoch_seconds": 100.0, "after_seconds": 0.0})()
+    planner.deadline = time.perf_counter() + 250.0  # two more epochs
+    assert planner.plan_again(None, config, pace, done=10) is False
+    assert config.epochs == 50

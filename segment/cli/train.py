@@ -127,7 +127,7 @@ def build_parser(prog=None):
         f"side images are scaled to (default: their median, at most {MAX_WORKING_SIZE}, and 3/4 of it where a budget buys fewer "
         f"than {FEW_STEPS} steps at that); a multiple of 2**depth")
     add("--early-size", type=int, default=None,
-        help=f"side of the first {EARLY_SHARE:.0%} of the epochs, whose steps are cheaper (default: half "
+        help=f"side of the first {round(EARLY_SHARE * 100)}%% of the epochs, whose steps are cheaper (default: half "
         f"of --size, at least {SMALLEST_EARLY_SIZE}; 0: every epoch at --size)")
     add("--loss", choices=sorted(LOSSES), default=defaults.loss, help="loss (segment.losses.LOSSES)")
     add("--lr", type=float, default=None,

@@ -176,7 +176,9 @@ def folder_dataset(
         raise ValueError("No image/mask pairs given")
     paste = PASTE_PROBABILITY if paste is None else paste
     side = size_hw(size)[0]
-    images, masks = _read_pairs(tuple(map(tuple, pairs)), side, augment, threshold, void)
+    pairs = tuple(map(tuple, pairs))
+    changed = tuple(_modified(path) for pair in pairs for path in pair)
+    images, masks = _read_pairs(pairs, changed, side, augment, threshold, void)
     count = len(pairs)
 
     @functools.lru_cache(maxsize=2)
@@ -209,9 +211,17 @@ def folder_dataset(
     )
 
 
-# A run builds its stream again when it plans again or changes size: the pairs are read once.
+def _modified(path):
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:  # reading it names the file
+        return None
+
+
+# A run builds its stream again when it plans again or changes size: the pairs are read once
+# (again once a file has changed: `changed` holds their modification times).
 @functools.lru_cache(maxsize=2)
-def _read_pairs(pairs, side, augment, threshold, void):
+def _read_pairs(pairs, changed, side, augment, threshold, void):
     """The pairs as 8-bit images and masks: with `augment`, kept at the largest scale
     augmentation asks for, so that the warp only ever shrinks mildly (no aliasing) and memory
     stays small whatever the photographs' size; else placed on the `side` canvas."""

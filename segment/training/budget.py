@@ -27,7 +27,7 @@ from segment.training.recipe import build_network, compile_network
 
 __all__ = [
     "Budget", "Deadline", "FEW_STEPS", "Pace", "SMALLEST_WORKING_SIZE", "budget_working_size",
-    "fit_budget", "plan_budget", "replan_epochs", "time_finishing",
+    "fit_budget", "plan_budget", "plan_early_budget", "replan_epochs", "time_finishing",
 ]
 
 
@@ -247,14 +247,19 @@ class Budget:
             steps_seconds = max(0.0, pace.epoch_seconds - after_epoch)
         if done <= early_epochs(config):  # timed at the early size
             steps_seconds /= self.early_cost
-        epochs = replan_epochs(
-            config.epochs,
-            seconds=(self.deadline - time.perf_counter() - self.closing_seconds(model)
-                     - self.trace_seconds),
-            epoch_seconds=self._mean_epoch(config, done, steps_seconds, after_epoch),
-            done=done,
-            halve_every=config.halve_every,
-        )
+        seconds = (self.deadline - time.perf_counter() - self.closing_seconds(model)
+                   - self.trace_seconds)
+        epochs = config.epochs
+        for _ in range(3):  # the epochs left mix the two sizes as the plan they make does
+            epochs = replan_epochs(
+                config.epochs, seconds=seconds, done=done, halve_every=config.halve_every,
+                epoch_seconds=self._mean_epoch(dataclasses.replace(config, epochs=epochs), done,
+                                               steps_seconds, after_epoch),
+            )
+        # The epochs run so far must be early in the new plan exactly where they were.
+        new = dataclasses.replace(config, epochs=epochs)
+        if min(done, early_epochs(new)) != min(done, early_epochs(config)):
+            return False
         if epochs == config.epochs:
             return False
         config.epochs = epochs
@@ -311,14 +316,30 @@ def fit_budget(config, pairs, strategy, deadline):
     # What follows the last epoch: loading the best model, scoring it in full
     # (`final_passes`) and saving it with its mask settings; and the real run traces the
     # training graph once more.
-    epochs, steps_per_epoch = plan_budget(
-        deadline - time.perf_counter() - final_passes(model) * validation_seconds
-        - finishing - save_seconds - trace_seconds,
-        step_seconds=step_seconds * mean_step(early_cost),
-        after_epoch_seconds=validation_seconds + 2 * save_seconds,
-        steps_per_epoch=config.steps_per_epoch,
-    )
+    seconds = (deadline - time.perf_counter() - final_passes(model) * validation_seconds
+               - finishing - save_seconds - trace_seconds)
+    epochs, steps_per_epoch = plan_early_budget(
+        config, seconds, step_seconds=step_seconds,
+        after_epoch_seconds=validation_seconds + 2 * save_seconds, early_cost=early_cost)
     return epochs, steps_per_epoch, validation_seconds, finishing, early_cost
+
+
+def plan_early_budget(config, seconds, *, step_seconds, after_epoch_seconds, early_cost):
+    """`plan_budget` for `config`'s run, whose early epochs' steps cost `early_cost` of a
+    full-size one's `step_seconds`: planned at the mean step, then with as many fewer epochs as
+    a short run needs, whose share of early epochs is smaller than EARLY_SHARE."""
+    epochs, steps_per_epoch = plan_budget(
+        seconds, step_seconds=step_seconds * mean_step(early_cost),
+        after_epoch_seconds=after_epoch_seconds, steps_per_epoch=config.steps_per_epoch)
+
+    def cost(epochs):
+        early = early_epochs(dataclasses.replace(config, epochs=epochs))
+        steps = step_seconds * steps_per_epoch * (early * early_cost + epochs - early)
+        return steps + epochs * after_epoch_seconds
+
+    while epochs > 1 and cost(epochs) > seconds:
+        epochs -= 1
+    return epochs, steps_per_epoch
 
 
 def mean_step(early_cost):

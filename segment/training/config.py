@@ -290,12 +290,14 @@ def halve_every_steps(config):
 
 def early_size(config):
     """The side of the early epochs: `config.early_size`, or by default half of `config.size`
-    rounded to the network's size multiple, at least SMALLEST_EARLY_SIZE; 0 when there are
-    none (0 given, or a default not below `config.size`)."""
-    if config.early_size is not None:
-        return config.early_size
+    rounded to the network's size multiple, at least SMALLEST_EARLY_SIZE (rounded up to the
+    multiple); 0 when there are none (0 given, or a side not below `config.size`, which a
+    budget may have lowered)."""
     multiple = 2**config.depth
-    side = max(SMALLEST_EARLY_SIZE, round(config.size / 2 / multiple) * multiple)
+    side = config.early_size
+    if side is None:
+        smallest = math.ceil(SMALLEST_EARLY_SIZE / multiple) * multiple
+        side = max(smallest, round(config.size / 2 / multiple) * multiple)
     return side if side < config.size else 0
 
 
