@@ -18,7 +18,7 @@ from segment.training import (
     inputs,
     train,
 )
-from segment.training.budget import Budget
+from segment.training.budget import Budget, Deadline
 
 
 def test_the_early_size_is_half_the_size_rounded_and_at_least_64():
@@ -180,3 +180,23 @@ def test_a_replan_that_would_turn_a_trained_early_epoch_full_size_is_not_taken(m
     planner.deadline = time.perf_counter() + 250.0  # two more epochs
     assert planner.plan_again(None, config, pace, done=10) is False
     assert config.epochs == 50
+
+
+def test_the_deadline_takes_the_first_full_size_epoch_at_its_own_cost():
+    # Early epochs of 10 s at half the cost of a full-size one: after the 7th (70 s) the
+    # next, the first at the full size, takes 20 s and the scoring 5 more: 95 s, within a
+    # deadline of 100; past a deadline of 80 by 15 s, more than half of that epoch (taken at
+    # the early epochs' 10 s, it would be 5 s past, and the run would go on).
+    for deadline, stops in ((100.0, False), (80.0, True)):
+        clock = [0.0]
+        guard = Deadline(deadline=deadline, final_seconds=5.0, clock=lambda: clock[0])
+        guard.cost = lambda epoch: 0.5 if epoch < 7 else 1.0
+        model = keras.Sequential()
+        model.stop_training = False
+        guard.set_model(model)
+        guard.set_params({"epochs": 9})
+        guard.on_train_begin()
+        for epoch in range(7):
+            clock[0] = 10.0 * (epoch + 1)
+            guard.on_epoch_end(epoch)
+        assert model.stop_training is stops

@@ -113,7 +113,8 @@ class Deadline(keras.callbacks.Callback):
     """Stops a budgeted run at its deadline if its epochs have slowed since it was planned.
 
     After each epoch (from the third of this `fit`: the first includes tracing), the next is
-    taken to last as long as the median of the last three, and training stops when that
+    taken to last as long as the median of the last three, each weighed by `cost(epoch)`
+    (an early epoch's time relative to a full-size one's), and training stops when that
     epoch and then `final_seconds` (the final scoring) would end more than `DEADLINE_SLACK`
     of it past `deadline`. `stopped_after` is then the number of epochs run, else None.
     """
@@ -122,6 +123,7 @@ class Deadline(keras.callbacks.Callback):
         super().__init__()
         self.deadline, self.final_seconds, self.clock = deadline, final_seconds, clock
         self.stopped_after = None
+        self.cost = lambda epoch: 1.0  # an epoch's time relative to a full-size one's
 
     def on_train_begin(self, logs=None):
         self.ends = [self.clock()]
@@ -130,7 +132,8 @@ class Deadline(keras.callbacks.Callback):
         self.ends.append(self.clock())
         if len(self.ends) < 4 or epoch + 1 >= self.params["epochs"]:
             return
-        epoch_seconds = float(np.median(np.diff(self.ends[-4:])))
+        recent = np.diff(self.ends[-4:]) / [self.cost(e) for e in range(epoch - 2, epoch + 1)]
+        epoch_seconds = float(np.median(recent)) * self.cost(epoch + 1)
         late = self.ends[-1] + epoch_seconds + self.final_seconds - self.deadline
         if late > DEADLINE_SLACK * epoch_seconds:
             self.model.stop_training = True
@@ -220,6 +223,8 @@ class Budget:
             self.trace_seconds = pace.trace_seconds
             self.save_seconds = max(0.0, pace.after_seconds - first_validation)
             self.guard = Deadline(self.deadline, 0.0)
+            self.guard.cost = lambda epoch: (self.early_cost if epoch < early_epochs(config)
+                                             else 1.0)
         else:  # a network that has trained a fifth of the run: its own predictions
             self.finishing_seconds = time_finishing(validation, model)
         self.guard.final_seconds = self.closing_seconds(model)
