@@ -257,10 +257,9 @@ def run_benchmark(settings, *, xla=True):
 def default_config(quick, **changes):
     """The `TrainConfig` of `train.py` with no arguments (tiny with `quick`), with the
     `changes` given that are not None."""
-    config = TrainConfig(epochs=1, steps_per_epoch=10)
+    config = TrainConfig(epochs=1, steps_per_epoch=10, early_size=16 if quick else None)
     if quick:
         config.size, config.base_filters, config.depth, config.batch_size = 32, 4, 2, 2
-        config.early_size = 16
     for name, value in changes.items():
         if value is not None:
             setattr(config, name, value)
@@ -369,14 +368,11 @@ def _measure_training(results, models, settings, *, xla):
 
 
 def _measure_run(results, samples, default):
-    """The default recipe's training over a whole run, its first EARLY_SHARE of steps at the
-    early size, against the previous recipe's, every step at the full size: images/s over
-    the run (per repeat, from the two rates) and their ratio, and GFLOP/s."""
+    """The default recipe over a run, its first EARLY_SHARE of steps at the early size, against
+    every step at the full size: images/s over the run (per repeat), their ratio, GFLOP/s."""
     side = early_size(default)
-    early_flops = 3 * forward_flops(network_settings(default), side, side)
-    full_flops = 3 * forward_flops(network_settings(default), default.size, default.size)
-    results["early_size"] = side
-    results["early_gflop_per_image"] = early_flops / 1e9
+    flops = {s: 3 * forward_flops(network_settings(default), s, s) for s in (side, default.size)}
+    results.update(early_size=side, early_gflop_per_image=flops[side] / 1e9)
     for policy in POLICIES:
         early, full = samples[f"default_early_{policy}"], samples[f"default_{policy}"]
         run = [1 / (EARLY_SHARE / a + (1 - EARLY_SHARE) / b) for a, b in zip(early, full)]
@@ -384,7 +380,7 @@ def _measure_run(results, samples, default):
         results[f"train_default_run_{policy}_img_s"] = statistics.median(run)
         results[f"run_speedup_{policy}"] = paired_ratio(run, full)
         results[f"train_default_run_{policy}_gflops"] = statistics.median(run) * (
-            EARLY_SHARE * early_flops + (1 - EARLY_SHARE) * full_flops) / 1e9
+            EARLY_SHARE * flops[side] + (1 - EARLY_SHARE) * flops[default.size]) / 1e9
 
 
 def _measure_inference(results, backends, settings):

@@ -95,6 +95,19 @@ def _add_click_flags(parser):
                         help="the click network's training steps instead, exactly repeatable")
 
 
+def _add_size_flags(parser):
+    add = parser.add_argument
+    add("--size", type=int, default=None,
+        help=f"synthetic: training crop side (default {SYNTHETIC_SIZE}); --data: working size, "
+        f"the longer side images are scaled to (default: their median, at most "
+        f"{MAX_WORKING_SIZE}, and 3/4 of it where a budget buys fewer than {FEW_STEPS} steps "
+        "at that); a multiple of 2**depth")
+    add("--early-size", type=int, default=None,
+        help=f"side of the first {round(EARLY_SHARE * 100)}%% of the epochs, whose steps are "
+        f"cheaper (default: half of --size, at least {SMALLEST_EARLY_SIZE}; 0: every epoch at "
+        "--size)")
+
+
 def build_parser(prog=None):
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(
@@ -122,13 +135,7 @@ def build_parser(prog=None):
         help=f"batches per epoch, each followed by validation (default: {STEPS_PER_EPOCH}; with "
         "--minutes, enough that validation takes at most a tenth of the time)")
     add("--batch-size", type=int, default=defaults.batch_size, help="images per batch")
-    add("--size", type=int, default=None,
-        help=f"synthetic: training crop side (default {SYNTHETIC_SIZE}); --data: working size, the longer "
-        f"side images are scaled to (default: their median, at most {MAX_WORKING_SIZE}, and 3/4 of it where a budget buys fewer "
-        f"than {FEW_STEPS} steps at that); a multiple of 2**depth")
-    add("--early-size", type=int, default=None,
-        help=f"side of the first {round(EARLY_SHARE * 100)}%% of the epochs, whose steps are cheaper (default: half "
-        f"of --size, at least {SMALLEST_EARLY_SIZE}; 0: every epoch at --size)")
+    _add_size_flags(parser)
     add("--loss", choices=sorted(LOSSES), default=defaults.loss, help="loss (segment.losses.LOSSES)")
     add("--lr", type=float, default=None,
         help=f"initial learning rate (default: {SYNTHETIC_LR:g} on synthetic shapes, {DATA_LR:g} with --data)")
