@@ -19,6 +19,7 @@ from segment.training import (
     train,
 )
 from segment.training.budget import Budget, Deadline
+from segment.training.config import halve_every_steps
 
 
 def test_the_early_size_is_half_the_size_rounded_and_at_least_64():
@@ -37,6 +38,67 @@ def test_the_early_size_is_half_the_size_rounded_and_at_least_64():
 def test_three_quarters_of_the_epochs_are_early_and_never_the_last(epochs, early):
     assert early_epochs(TrainConfig(size=128, epochs=epochs)) == early
     assert early_epochs(TrainConfig(size=128, epochs=epochs, early_size=0)) == 0
+
+
+def test_a_schedule_spread_over_other_epochs_keeps_its_halvings_and_early_epochs():
+    # 20 epochs of 10 steps planned, 23 run: halvings every 200 / 5 = 40 steps, 15 early.
+    config = TrainConfig(size=128, epochs=23, schedule_epochs=20, steps_per_epoch=10)
+    assert (halve_every_steps(config), early_epochs(config)) == (40, 15)
+    config.schedule_epochs = None
+    assert (halve_every_steps(config), early_epochs(config)) == (46, 17)
+
+
+@pytest.mark.parametrize("epochs, early_size, stops", [
+    (20, None, [0, 3, 15]),  # the first epoch, the last before the first halving, the switch
+    (20, 0, [0, 3]),  # no early epochs
+    (10, None, [0, 1, 7]),
+    (4, None, [0]),  # the switch is the last epoch
+])
+def test_a_budget_plans_again_after_the_first_epoch_at_the_full_size(epochs, early_size, stops):
+    config = TrainConfig(size=128, epochs=epochs, early_size=early_size)
+    stop_after, seen = 0, []
+    while stop_after is not None:
+        seen.append(stop_after)
+        stop_after = budget.next_replan(config, stop_after + 1)
+    assert seen == stops
+
+
+def test_the_plan_after_the_switch_times_full_size_epochs_and_keeps_the_schedule(monkeypatch):
+    # 20 epochs of 10 steps, 15 early; after 16, a full-size epoch's steps took 1 s each and
+    # 2 s followed them: 12 s an epoch, and 6.5 of them are left before the deadline: 22.
+    monkeypatch.setattr(Budget, "closing_seconds", lambda self, model: 3.0)
+    planner = Budget(deadline=0.0)
+    planner.early_cost = 0.5
+    config = TrainConfig(size=128, epochs=20, steps_per_epoch=10)
+    pace = type("Pace", (), {"step_seconds": 1.0, "after_seconds": 2.0,
+                             "epoch_seconds": 7.0})()  # a whole-epoch median mixing the sizes
+    for seconds_left, epochs in ((6.5 * 12, 22), (0.5 * 12, 17)):  # at least one more epoch
+        config.epochs, config.schedule_epochs = 20, None
+        planner.deadline = time.perf_counter() + 3.0 + seconds_left
+        assert planner.plan_again(None, config, pace, done=16) is True  # no model to retrace
+        assert (config.epochs, config.schedule_epochs) == (epochs, 20)
+        assert (halve_every_steps(config), early_epochs(config)) == (40, 15)
+
+
+def test_the_pace_is_the_last_epochs_steps(monkeypatch):
+    # Three epochs of 6 steps, two early ones 0.5 s apart, then a full-size one 1 s apart,
+    # 3 s after the last step of each: the pace after the third is 1 s a step, timed on its
+    # second half; the median whole epoch after the first is (6 + 9) / 2 s.
+    clock = [0.0]
+    monkeypatch.setattr(budget.time, "perf_counter", lambda: clock[0])
+    pace = budget.Pace(stop_after=2)
+    pace.set_model(keras.Sequential())
+    pace.model.stop_training = False
+    pace.on_train_begin()
+    for epoch, step in enumerate((0.5, 0.5, 1.0)):
+        pace.on_epoch_begin(epoch)
+        for batch in range(6):
+            clock[0] += step
+            pace.on_train_batch_end(batch)
+        clock[0] += 3.0
+        pace.on_epoch_end(epoch)
+    assert (pace.step_seconds, pace.after_seconds, pace.epoch_seconds) == (1.0, 3.0, 7.5)
+    assert pace.model.stop_training is True
 
 
 def test_an_old_run_folder_trained_every_epoch_at_its_size(tmp_path):
@@ -97,28 +159,44 @@ def test_a_folder_stream_built_again_reads_no_file_again(tmp_path, monkeypatch):
 def test_a_budgeted_run_with_early_epochs_repeats_epochs_n_exactly(tmp_path, monkeypatch):
     # The throwaway steps said 6 epochs fit and that an early step costs half a full one; the
     # run plans again from its own early epochs, taking the full-size ones at twice their
-    # step, and still ends with the weights of `epochs=N` with the same early epochs.
+    # step, then once more after its first full-size epoch, there given time for two more
+    # epochs than planned: it ends with the weights of `epochs=N` with the halvings and early
+    # epochs spread over the epochs planned before.
     monkeypatch.setattr(budget, "fit_budget", lambda *args: (6, 2, 0.05, 0.0, 0.5))
     monkeypatch.setattr(budget, "DEADLINE_SLACK", float("inf"))
-    requested = []
+    requested, plans = [], []
     synthetic = inputs.data.synthetic_dataset
 
     def recorded(**settings):
         requested.append((settings["size"], settings["start"]))
         return synthetic(**settings)
 
+    plan_after_switch = Budget.plan_after_switch
+
+    def two_more(self, model, config, pace, *, done):
+        plans.append((done, config.epochs))
+        if len(plans) == 1:
+            epoch_seconds = config.steps_per_epoch * pace.step_seconds + pace.after_seconds
+            self.deadline = (time.perf_counter() + self.closing_seconds(model)
+                             + (config.epochs - done + 2.5) * epoch_seconds)
+        return plan_after_switch(self, model, config, pace, done=done)
+
     monkeypatch.setattr(inputs.data, "synthetic_dataset", recorded)
+    monkeypatch.setattr(Budget, "plan_after_switch", two_more)
     config = TrainConfig(out=str(tmp_path / "budget"), minutes=0.75, size=32, early_size=16,
                          batch_size=4, val_count=4, base_filters=4, depth=2, click_minutes=0.0)
     budgeted = _FinalWeights()
     folder, _ = train(config, callbacks=[budgeted], verbose=0)
     planned = TrainConfig.from_json(folder / "config.json")
     early = early_epochs(planned)
-    assert planned.epochs > 6 and early == int(0.75 * planned.epochs)
+    assert planned.schedule_epochs > 6 and early == int(0.75 * planned.schedule_epochs)
+    assert plans == [(early + 1, planned.schedule_epochs)]
+    assert planned.epochs == planned.schedule_epochs + 2
     requested.clear()
     fixed = _FinalWeights()
     train(dataclasses.replace(config, out=str(tmp_path / "fixed"), minutes=None,
-                              epochs=planned.epochs, steps_per_epoch=2),
+                              epochs=planned.epochs, schedule_epochs=planned.schedule_epochs,
+                              steps_per_epoch=2),
           callbacks=[fixed], verbose=0)
     # The fixed run's one stream: early samples from 0, full-size ones from the switch on.
     assert sorted(requested) == [(16, 0), (32, early * 2 * 4)]

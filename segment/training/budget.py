@@ -20,6 +20,7 @@ from segment.training.config import (
     early_epochs,
     early_size,
     halve_every_steps,
+    schedule_epochs,
 )
 from segment.training.inputs import training_stream, validation_samples
 from segment.training.mask_settings import FINISHING_WORKERS, finishing_seconds
@@ -76,12 +77,12 @@ class Pace(StepTimes):
     """Times a budgeted run's epochs until epoch `stop_after` has run, then stops `fit` so
     the budget can be planned again from them (`plan_again`). Runs after every other callback.
 
-    From a run's first epoch it keeps the pace of its steps (the epoch's second half: the
-    first steps of a run are slower, while the graph is traced and the input pipeline and the
-    kernels warm up), the time the first step took beyond it (`trace_seconds`), and what
-    followed the last step (`after_seconds`: validation, checkpoints, logs). From later
-    epochs it keeps the median whole epoch, from its end back to the end of the one before,
-    leaving out the first epoch of this `fit` (`epoch_seconds`).
+    It keeps the pace of that epoch's steps (its second half: the first steps of a run are
+    slower, while the graph is traced and the input pipeline and the kernels warm up), the
+    time the first step of this `fit` took beyond it (`trace_seconds`), what followed the
+    last step (`after_seconds`: validation, checkpoints, logs), and the median whole epoch,
+    from its end back to the end of the one before, leaving out the first epoch of this `fit`
+    (`epoch_seconds`).
     """
 
     def __init__(self, stop_after):
@@ -94,14 +95,17 @@ class Pace(StepTimes):
         self.epoch_ends = []
         self.stopped_by_another = True  # unless this fit reaches `stop_after`
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_steps = len(self.times)  # where this epoch's step times begin
+
     def on_epoch_end(self, epoch, logs=None):
         self.epoch_ends.append(time.perf_counter())
         if epoch < self.stop_after:
             return
-        times = self.times
+        times = self.times[self.epoch_steps:]
         half = len(times) // 2 if len(times) >= 4 else 0
         self.step_seconds = (times[-1] - times[half]) / max(1, len(times) - 1 - half)
-        self.trace_seconds = max(0.0, times[0] - self.begun - self.step_seconds)
+        self.trace_seconds = max(0.0, self.times[0] - self.begun - self.step_seconds)
         self.after_seconds = self.epoch_ends[-1] - times[-1]
         ends = [self.begun, *self.epoch_ends]
         self.epoch_seconds = float(np.median(np.diff(ends[1:] if len(ends) > 2 else ends)))
@@ -149,8 +153,11 @@ class Budget:
     250-odd steps time this machine far better than the throwaway's 20, and after the last
     before the first halving, from whole warm epochs. So a burst of other work during the
     few timed steps does not shorten the whole run, and steps that speed up over the first
-    epochs do not leave time unused. From the first re-plan on, a `Deadline` stops a run
-    whose epochs slow down.
+    epochs do not leave time unused. A run with early epochs plans a last time after its first
+    epoch at the full size, timed at that size, keeping its halvings and early epochs where
+    they are (`TrainConfig.schedule_epochs`): its early epochs, timed while they warm up, only
+    guessed the full-size ones. From the first re-plan on, a `Deadline` stops a run whose
+    epochs slow down.
     """
 
     def __init__(self, deadline):
@@ -214,7 +221,7 @@ class Budget:
                               config_path)
             first_epoch, guard = done, [self.guard]
             train_data = stream(done * config.steps_per_epoch * config.batch_size)
-            stop_after = next_replan(config, done) if done == 1 else None
+            stop_after = next_replan(config, done)
         fit(train_data, first_epoch, guard)
 
     def _after_stage(self, model, config, pace, done, first_validation, validation, config_path):
@@ -242,8 +249,10 @@ class Budget:
         every image shape (`first_validation` seconds; later passes take `warm_validation`,
         as calibration timed them). Later, an epoch is what whole warm epochs took. What
         follows the last epoch costs `closing_seconds`; changed halvings trace the training
-        graph again (`trace_seconds`).
+        graph again (`trace_seconds`). After the early epochs, see `plan_after_switch`.
         """
+        if done > early_epochs(config) > 0:
+            return self.plan_after_switch(model, config, pace, done=done)
         if done == 1:
             after_epoch = max(0.0, pace.after_seconds - self.first_validation) + self.warm_validation
             steps_seconds = config.steps_per_epoch * pace.step_seconds
@@ -271,6 +280,20 @@ class Budget:
         optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # loss scaling
         optimizer.halve_every = halve_every_steps(config)
         model.make_train_function(force=True)  # the halving step is traced into the graph
+        return True
+
+    def plan_after_switch(self, model, config, pace, *, done):
+        """`plan_again` once the first `done` epochs include the first at the full size: every
+        epoch left is its steps at the pace of that epoch's second half plus what followed
+        them. The halvings and the early epochs stay spread over the epochs planned before
+        (`schedule_epochs`), so nothing is traced again; at least one more epoch is run."""
+        epoch_seconds = config.steps_per_epoch * pace.step_seconds + pace.after_seconds
+        seconds = self.deadline - time.perf_counter() - self.closing_seconds(model)
+        epochs = max(done + 1, done + int(seconds / epoch_seconds))
+        if epochs == config.epochs:
+            return False
+        config.schedule_epochs = schedule_epochs(config)
+        config.epochs = epochs
         return True
 
     def _mean_epoch(self, config, done, steps_seconds, after_epoch):
@@ -426,7 +449,11 @@ def replan_epochs(planned, *, seconds, epoch_seconds, done=1, halve_every=None):
 
 def next_replan(config, done):
     """The epoch after which a budgeted run, planned again after `done` epochs, plans once
-    more, timed on warm epochs: the last before its first halving (at a fifth of the run);
-    None when that is not later."""
+    more: the last before its first halving (at a fifth of the run), timed on warm epochs;
+    then the first at the full size after early epochs, unless that is the last; None when
+    neither is still to come."""
     last = config.epochs // (HALVINGS + 1) - 1
-    return last if last >= done else None
+    if last >= done and config.schedule_epochs is None:
+        return last
+    switch = early_epochs(config)
+    return switch if done <= switch < config.epochs - 1 else None

@@ -18,7 +18,7 @@ from segment.training.devices import native_half_precision
 __all__ = [
     "choose_working_size", "CLICK_MINUTES", "DATA_LR", "DATA_MINUTES", "HALVINGS", "INIT_MINUTES",
     "init_settings", "MAX_WORKING_SIZE", "EARLY_SHARE", "SMALLEST_EARLY_SIZE", "early_epochs",
-    "early_size",
+    "early_size", "schedule_epochs",
     "STEPS_PER_EPOCH", "SYNTHETIC_LR", "SYNTHETIC_MINUTES", "SYNTHETIC_SIZE", "TrainConfig",
     "check_config", "resolve_config",
 ]
@@ -54,6 +54,10 @@ class TrainConfig:
     lr: float | None = None
     momentum: float = 0.9
     halve_every: int | None = None  # epochs between rate halvings; None: HALVINGS spread over the run
+    # The epochs over which the rate halvings and the early epochs are spread; None: `epochs`.
+    # A budget's last re-plan, timed at the full size once the early epochs are done, changes
+    # `epochs` only and records here the epochs they were spread over (segment.training.budget).
+    schedule_epochs: int | None = None
     seed: int = 0  # one seed for weights, data stream, validation set and augmentation
     difficulty: str = "mixed"  # synthetic preset (easy, medium, hard, varied, noisy) or mixed
     val_count: int = 64  # synthetic validation images (a fixed set, drawn from its own seed)
@@ -282,10 +286,16 @@ def resolve_config(config, pairs, *, grouped=False):
 
 
 def halve_every_steps(config):
-    """Steps between rate halvings: `halve_every` epochs, or HALVINGS spread over the run."""
+    """Steps between rate halvings: `halve_every` epochs, or HALVINGS spread over the run
+    (`schedule_epochs`, by default `epochs`)."""
     if config.halve_every is not None:
         return config.halve_every * config.steps_per_epoch
-    return max(1, math.ceil(config.epochs * config.steps_per_epoch / (HALVINGS + 1)))
+    return max(1, math.ceil(schedule_epochs(config) * config.steps_per_epoch / (HALVINGS + 1)))
+
+
+def schedule_epochs(config):
+    """The epochs the rate halvings and the early epochs are spread over."""
+    return config.schedule_epochs or config.epochs
 
 
 def early_size(config):
@@ -303,7 +313,8 @@ def early_size(config):
 
 def early_epochs(config):
     """How many of the first epochs train at `early_size(config)`: EARLY_SHARE of
-    `config.epochs`, always leaving the last at the full size."""
-    if not early_size(config) or not config.epochs:
+    `schedule_epochs(config)`, always leaving the last at the full size."""
+    epochs = schedule_epochs(config)
+    if not early_size(config) or not epochs:
         return 0
-    return min(int(EARLY_SHARE * config.epochs), config.epochs - 1)
+    return min(int(EARLY_SHARE * epochs), epochs - 1)

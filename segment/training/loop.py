@@ -67,7 +67,9 @@ def train(config, *, resume=None, overwrite=False, callbacks=(), verbose=None):
     time, and once more from whole warm epochs after the last epoch before the first halving
     (`replan_epochs`; the rate is the same in those epochs under either plan), so a burst of
     other work during the few timed steps does not shorten the whole run, and steps that
-    speed up over the first epochs do not leave time unused.
+    speed up over the first epochs do not leave time unused. A run with early epochs is
+    planned a last time after its first epoch at the full size, the halvings and early epochs
+    kept where they were (`schedule_epochs`, recorded too).
 
     With `strategy="multiworker"` (one process per machine, each given its place by
     `TF_CONFIG`), each worker reads its own share of every batch and the gradients are summed
