@@ -23,19 +23,22 @@ class StepHalvingSGD(keras.optimizers.Optimizer):
     ```
 
     which is exactly `keras.optimizers.SGD(ExponentialDecay(learning_rate, halve_every, 0.5,
-    staircase=True), momentum, nesterov)`.
+    staircase=True), momentum, nesterov)`; with `halvings` given, the exponent stops there
+    (a `PiecewiseConstantDecay`).
 
     Args:
         learning_rate: float, the initial rate. Defaults to `0.01`.
         momentum: float in [0, 1]. Defaults to `0.9`.
         halve_every: positive int, the number of steps between halvings. Defaults to `1000`.
+        halvings: the most halvings, or `None` (the default) for no limit.
         nesterov: whether to use Nesterov momentum. Defaults to `False`.
         **kwargs: base optimizer keyword arguments (`weight_decay`, `clipnorm`,
             `loss_scale_factor`, `name`, ...).
     """
 
     def __init__(
-        self, learning_rate=0.01, momentum=0.9, halve_every=1000, nesterov=False, **kwargs
+        self, learning_rate=0.01, momentum=0.9, halve_every=1000, nesterov=False, halvings=None,
+        **kwargs
     ):
         if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
             raise ValueError(
@@ -47,9 +50,12 @@ class StepHalvingSGD(keras.optimizers.Optimizer):
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         if int(halve_every) != halve_every or halve_every < 1:
             raise ValueError(f"halve_every must be a positive integer, got {halve_every}")
+        if halvings is not None and (int(halvings) != halvings or halvings < 0):
+            raise ValueError(f"halvings must be None or an integer of at least 0, got {halvings}")
         self.momentum = float(momentum)
         self.halve_every = int(halve_every)
         self.nesterov = bool(nesterov)
+        self.halvings = None if halvings is None else int(halvings)
 
     def build(self, variables):
         if self.built:
@@ -58,9 +64,12 @@ class StepHalvingSGD(keras.optimizers.Optimizer):
         self.velocities = self.add_optimizer_variables(variables, "velocity")
 
     def halving_factor(self, step=None):
-        """`0.5 ** floor(step / halve_every)`, for the current step by default."""
+        """`0.5 ** floor(step / halve_every)` (at most `0.5 ** halvings`), for the current
+        step by default."""
         step = self.iterations if step is None else step
         halvings = ops.floor_divide(ops.cast(step, "float32"), float(self.halve_every))
+        if self.halvings is not None:
+            halvings = ops.minimum(halvings, float(self.halvings))
         return ops.power(0.5, halvings)
 
     def update_step(self, gradient, variable, learning_rate):
@@ -81,4 +90,5 @@ class StepHalvingSGD(keras.optimizers.Optimizer):
             "momentum": self.momentum,
             "halve_every": self.halve_every,
             "nesterov": self.nesterov,
+            "halvings": self.halvings,
         }

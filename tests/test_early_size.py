@@ -20,6 +20,7 @@ from segment.training import (
 )
 from segment.training.budget import Budget, Deadline
 from segment.training.config import halve_every_steps
+from segment.training.recipe import compile_network
 
 
 def test_the_early_size_is_half_the_size_rounded_and_at_least_64():
@@ -48,6 +49,18 @@ def test_a_schedule_spread_over_other_epochs_keeps_its_halvings_and_early_epochs
     assert (halve_every_steps(config), early_epochs(config)) == (46, 17)
 
 
+def test_epochs_added_after_the_schedule_keep_its_last_rate():
+    # Halvings every 40 steps, four of them: from step 160 on the rate is 1/16 of the first,
+    # also in the epochs past the 200 steps it was spread over (a fifth would come at 200).
+    config = TrainConfig(size=128, epochs=23, schedule_epochs=20, steps_per_epoch=10, lr=0.5)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    compile_network(model, config, halve_every=halve_every_steps(config))
+    factors = [float(model.optimizer.halving_factor(step)) for step in (0, 40, 159, 160, 229)]
+    assert factors == [1.0, 0.5, 0.125, 0.0625, 0.0625]
+    compile_network(model, dataclasses.replace(config, halve_every=4), halve_every=40)
+    assert float(model.optimizer.halving_factor(229)) == 0.5**5  # --halve-every: no limit
+
+
 @pytest.mark.parametrize("epochs, early_size, stops", [
     (20, None, [0, 3, 15]),  # the first epoch, the last before the first halving, the switch
     (20, 0, [0, 3]),  # no early epochs
@@ -61,6 +74,10 @@ def test_a_budget_plans_again_after_the_first_epoch_at_the_full_size(epochs, ear
         seen.append(stop_after)
         stop_after = budget.next_replan(config, stop_after + 1)
     assert seen == stops
+    # Planned again to 16 after the first, the run plans on warm epochs after the second,
+    # the last before its first halving, once: not again after the third, now that is.
+    config.epochs = 16
+    assert budget.next_replan(config, 2) == (12 if early_size is None else None)
 
 
 def test_the_plan_after_the_switch_times_full_size_epochs_and_keeps_the_schedule(monkeypatch):

@@ -142,6 +142,9 @@ def build_parser(prog=None):
     add("--momentum", type=float, default=defaults.momentum, help="StepHalvingSGD momentum")
     add("--halve-every", type=int, default=None,
         help=f"epochs between halvings of the rate (default: {HALVINGS} halvings spread over the run)")
+    add("--schedule-epochs", type=int, default=None,
+        help="with --epochs: spread the rate halvings and the early epochs over this many "
+        "epochs instead (a budgeted run records in config.json the ones it planned)")
     add("--seed", type=int, default=defaults.seed,
         help="seed of the weights, the data stream and the validation set")
     add("--difficulty", choices=DIFFICULTIES, default=defaults.difficulty,

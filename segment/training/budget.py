@@ -236,8 +236,10 @@ class Budget:
             self.finishing_seconds = time_finishing(validation, model)
         self.guard.final_seconds = self.closing_seconds(model)
         if self.plan_again(model, config, pace, done=done):
+            kept = config.schedule_epochs
             print(f"after {done} epoch{'s' if done > 1 else ''}: {config.epochs} epochs fit "
-                  "the budget", flush=True)
+                  "the budget" + (f", the rate and sizes still scheduled over {kept}" if kept
+                                  else ""), flush=True)
             config.to_json(config_path)
 
     def plan_again(self, model, config, pace, *, done):
@@ -453,7 +455,7 @@ def next_replan(config, done):
     then the first at the full size after early epochs, unless that is the last; None when
     neither is still to come."""
     last = config.epochs // (HALVINGS + 1) - 1
-    if last >= done and config.schedule_epochs is None:
+    if done == 1 and last >= done:
         return last
     switch = early_epochs(config)
     return switch if done <= switch < config.epochs - 1 else None

@@ -174,7 +174,8 @@ def check_config(config):
         )
     if config.strategy not in ("default", "mirrored", "multiworker"):
         raise ValueError(f"unknown strategy {config.strategy!r}; use default, mirrored or multiworker")
-    for name in ("epochs", "steps_per_epoch", "batch_size", "halve_every", "click_steps"):
+    for name in ("epochs", "schedule_epochs", "steps_per_epoch", "batch_size", "halve_every",
+                 "click_steps"):
         value = getattr(config, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -186,6 +187,8 @@ def check_config(config):
         raise ValueError(f"--minutes must be positive, got {config.minutes}")
     if config.epochs is not None and config.minutes is not None:
         raise ValueError("give --epochs or --minutes, not both")
+    if config.schedule_epochs is not None and config.epochs is None:
+        raise ValueError("--schedule-epochs spreads the schedule of a run of --epochs: give both")
     if config.click_minutes is not None and config.click_minutes < 0:
         raise ValueError(f"--click-minutes must be 0 (no click network) or more, got "
                          f"{config.click_minutes}")

@@ -6,6 +6,7 @@ import keras
 from segment.losses import LOSSES
 from segment.model import build_model
 from segment.optimizers import StepHalvingSGD
+from segment.training.config import HALVINGS
 
 __all__ = ["DATA_SCALES", "build_network", "compile_network"]
 
@@ -38,7 +39,9 @@ def build_network(config, *, guidance=0):
 def compile_network(model, config, *, halve_every):
     model.compile(
         optimizer=StepHalvingSGD(
-            learning_rate=config.lr, momentum=config.momentum, halve_every=halve_every
+            learning_rate=config.lr, momentum=config.momentum, halve_every=halve_every,
+            # Spread over the run, the halvings end there, epochs added after it included.
+            halvings=HALVINGS if config.halve_every is None else None,
         ),
         loss=LOSSES[config.loss](),
         metrics=[keras.metrics.BinaryIoU(target_class_ids=[1], threshold=0.5, name="iou")],
